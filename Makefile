@@ -1,0 +1,30 @@
+# minidit: `make demo` and `make test` are all a fresh machine with Python 3.10+ and make needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+QUICK ?= 1
+
+.PHONY: setup demo lab test test-unit test-notebooks bench book clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m minidit demo
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=.
+
+test: setup
+	MINIDIT_QUICK=$(QUICK) $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks solutions
+
+bench: setup
+	$(BIN)/python bench/samplers.py
+
+clean:
+	rm -rf $(VENV) runs _book

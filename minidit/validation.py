@@ -1,0 +1,61 @@
+"""Input checks shared by every module: time tensors and broadcasting.
+
+Flow-matching code handles a batch ``x`` of shape ``(N, ...)`` with one time per sample, ``t`` of shape
+``(N,)``. These helpers turn a bad input into an error that names the problem and the fix, instead of a
+silent broadcast that trains the wrong thing.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def check_choice(kind: str, name: str, valid: Iterable[str]) -> str:
+    """Return ``name`` if it is one of ``valid``; otherwise raise ``ValueError`` listing the valid names."""
+    valid = tuple(valid)
+    if name not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s are: {', '.join(repr(v) for v in valid)}")
+    return name
+
+
+def check_time(t: Tensor | float, *, name: str = "t") -> Tensor:
+    """Return ``t`` as a tensor after checking that every value lies in [0, 1].
+
+    Args:
+        t: times, any shape (usually ``(N,)``), or a Python float.
+    Raises:
+        ValueError: if a value is outside [0, 1] or not finite.
+    """
+    t = torch.as_tensor(t, dtype=torch.get_default_dtype()) if not isinstance(t, Tensor) else t
+    if not torch.is_floating_point(t):
+        t = t.to(torch.get_default_dtype())
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        bad = t[~((t >= 0) & (t <= 1))].flatten()[:3].tolist()
+        raise ValueError(f"{name} must lie in [0, 1] (t = 0 is data, t = 1 is noise); got values such as {bad}")
+    return t
+
+
+def expand_time(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape per-sample times ``t`` of shape ``(N,)`` (or a scalar) to broadcast against ``x`` of shape ``(N, ...)``.
+
+    Returns a tensor of shape ``(N, 1, ..., 1)`` with ``x.ndim`` dimensions.
+    Raises:
+        ValueError: if ``t`` is neither a scalar nor of shape ``(N,)`` with ``N = x.shape[0]``.
+    """
+    if t.ndim == 0:
+        return t.reshape([1] * x.ndim)
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"t must have shape (N,) = ({x.shape[0]},) to match x of shape {tuple(x.shape)}; got {tuple(t.shape)}. "
+            "Pass one time per sample, e.g. t = torch.full((x.shape[0],), 0.5)."
+        )
+    return t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def check_same_shape(**tensors: Tensor) -> None:
+    """Raise ``ValueError`` naming the tensors when they do not all have the same shape."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shapes must match: {shapes}")

@@ -1,0 +1,176 @@
+"""Score versus velocity: converting between predictions, and the loss weightings that relate them.
+
+A network can predict the velocity ``v``, the score ``s = grad log p_t``, the noise ``eps`` or the data ``x0``.
+Given ``x_t`` and ``t`` all four are affine functions of each other (SiT, arXiv 2401.08740, Sec. 2.3):
+
+    x_t = alpha x0 + sigma eps,    s = -eps / sigma,    v = alpha' x0 + sigma' eps,
+    v = (alpha' / alpha) x_t - lambda_t sigma_t s,     lambda_t = sigma' - alpha' sigma / alpha.
+
+``convert`` maps one prediction to another through ``(x0, eps)``. Since each prediction's error is a
+per-time multiple of the score error, one loss with a time weight covers SiT's whole design space:
+``"none"`` (the prediction's own MSE), ``"velocity"`` (``lambda_t^2`` on the score loss: equal to the velocity
+MSE) and ``"likelihood"`` (``lambda_t / sigma_t`` on the score loss; maximum-likelihood weighting).
+``training_loss`` is the one loss every training loop in minidit calls.
+Used by notebooks/02_flows_2d.ipynb and solutions/02_predictions.ipynb.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from minidit.interpolants import Interpolant, get_interpolant
+from minidit.validation import check_choice, check_same_shape, check_time, expand_time
+
+PREDICTIONS = ("velocity", "score", "noise", "data")
+WEIGHTINGS = ("none", "velocity", "likelihood")
+
+
+def lambda_t(t: Tensor, interpolant: Interpolant | str) -> Tensor:
+    """``lambda_t = sigma_t' - alpha_t' sigma_t / alpha_t`` (SiT eq. 7); ``1 / (1 - t)`` for the linear path.
+
+    Infinite at ``t = 1`` for paths with ``alpha_1 = 0``. Same shape as ``t``.
+    """
+    path = get_interpolant(interpolant)
+    a, s, da, ds = path.coefficients(t)
+    return ds - da * s / a
+
+
+def convert(pred: Tensor, x_t: Tensor, t: Tensor, interpolant: Interpolant | str, src: str, dst: str) -> Tensor:
+    """Convert a prediction of type ``src`` to type ``dst`` at the point ``(x_t, t)``.
+
+    Args:
+        pred: the ``src`` prediction, ``(N, ...)``.
+        x_t: the point on the path, ``(N, ...)``.
+        t: times, ``(N,)``. Conversions divide by ``sigma_t`` (to or from score/noise, at ``t = 0``) or by
+            ``alpha_t`` (from noise/score, at ``t = 1``); keep ``t`` inside ``[eps, 1 - eps]`` for those.
+        interpolant: the path (object or name).
+        src, dst: each one of ``"velocity"``, ``"score"``, ``"noise"``, ``"data"``.
+    Returns:
+        the ``dst`` prediction, ``(N, ...)``.
+    """
+    check_choice("prediction", src, PREDICTIONS)
+    check_choice("prediction", dst, PREDICTIONS)
+    check_same_shape(pred=pred, x_t=x_t)
+    if src == dst:
+        return pred
+    path = get_interpolant(interpolant)
+    a, s, da, ds = (expand_time(c, x_t) for c in path.coefficients(t))
+    # 1. recover (x0, eps) from the source prediction.
+    if src == "data":
+        x0 = pred
+        eps = (x_t - a * x0) / s
+    elif src in ("noise", "score"):
+        eps = pred if src == "noise" else -s * pred
+        x0 = (x_t - s * eps) / a
+    else:  # velocity: solve [[a, s], [da, ds]] @ [x0, eps] = [x_t, v]
+        det = a * ds - s * da
+        x0 = (ds * x_t - s * pred) / det
+        eps = (a * pred - da * x_t) / det
+    # 2. express them as the destination prediction.
+    if dst == "data":
+        return x0
+    if dst == "noise":
+        return eps
+    if dst == "score":
+        return -eps / s
+    return da * x0 + ds * eps
+
+
+def _error_scale(prediction: str, a: Tensor, s: Tensor, lam: Tensor) -> Tensor:
+    """``k_t`` such that the prediction's error equals ``k_t`` times the score error at fixed ``x_t``."""
+    if prediction in ("score", "noise"):
+        return s  # sigma s + eps = sigma (s - s*);  eps_hat - eps* = -sigma (s - s*)
+    if prediction == "data":
+        return s**2 / a  # x0 = (x_t + sigma^2 s) / alpha
+    return -lam * s  # v = (alpha'/alpha) x_t - lambda sigma s
+
+
+def loss_weight(t: Tensor, interpolant: Interpolant | str, prediction: str, weighting: str) -> Tensor:
+    """Per-time weight ``w(t)`` that multiplies the prediction's own squared error.
+
+    ``"none"``: 1. ``"velocity"``: makes the loss equal the velocity MSE (``lambda_t^2`` for score and noise
+    models). ``"likelihood"``: the score loss weighted by ``lambda_t sigma_t`` (``lambda_t / sigma_t`` on
+    ``|sigma s + eps|^2`` for score and noise models). Shape of ``t``.
+    """
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    if weighting == "none":
+        return torch.ones_like(check_time(t))
+    path = get_interpolant(interpolant)
+    a, s, da, ds = path.coefficients(t)
+    lam = ds - da * s / a
+    k = _error_scale(prediction, a, s, lam)
+    if weighting == "velocity":
+        return (lam * s / k) ** 2
+    return lam * s / k**2
+
+
+def default_time_eps(interpolant: Interpolant | str, prediction: str, weighting: str = "none") -> float:
+    """Train-time epsilon: 0 where the loss is finite on all of [0, 1], else 1e-3 (SiT trains on [eps, 1 - eps]).
+
+    Only the velocity loss on the linear and GVP paths is finite at both ends.
+    """
+    name = get_interpolant(interpolant).name
+    return 0.0 if (prediction == "velocity" and weighting in ("none", "velocity") and name in ("linear", "gvp")) else 1e-3
+
+
+def training_loss(
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    interpolant: Interpolant | str = "linear",
+    prediction: str = "velocity",
+    weighting: str = "none",
+    time_sampler: Any = None,
+    time_eps: float | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The flow-matching loss used by every training loop in minidit.
+
+    Samples ``t`` from ``time_sampler`` (uniform when ``None``) squeezed into ``[time_eps, 1 - time_eps]``,
+    builds ``x_t``, calls ``model(x_t, t, **model_kwargs)`` and compares its output with the target of
+    ``prediction`` (``u_t``, ``-eps / sigma``, ``eps`` or ``x0``), weighted by ``loss_weight``.
+
+    Args:
+        model: network, ``model(x_t (N, ...), t (N,), **model_kwargs) -> (N, ...)``.
+        x0: a data batch, ``(N, ...)``.
+        interpolant, prediction, weighting: names (see module docstring).
+        time_sampler: object with ``.sample(n, generator=None) -> (n,)`` in [0, 1]; ``None`` for uniform.
+        time_eps: train-time epsilon; ``None`` picks ``default_time_eps``.
+        model_kwargs: extra inputs for the model, e.g. ``{"y": labels}``.
+        generator: RNG for ``t`` and ``eps`` (reproducible runs).
+    Returns:
+        ``(per_sample_loss (N,), t (N,))``; the training loss is ``per_sample_loss.mean()``. Keeping ``t``
+        lets a trainer log the loss per time bin.
+    """
+    path = get_interpolant(interpolant)
+    check_choice("prediction", prediction, PREDICTIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    n = x0.shape[0]
+    if time_eps is None:
+        time_eps = default_time_eps(path, prediction, weighting)
+    if time_sampler is None:
+        u = torch.rand(n, generator=generator, device=generator.device if generator else "cpu")
+    else:
+        u = time_sampler.sample(n, generator=generator)
+    t = (time_eps + (1 - 2 * time_eps) * u).to(device=x0.device, dtype=x0.dtype)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else "cpu")
+    noise = noise.to(device=x0.device, dtype=x0.dtype)
+    x_t = path.interpolate(x0, noise, t)
+    out = model(x_t, t, **(model_kwargs or {}))
+    if out.shape != x0.shape:
+        raise ValueError(f"model output has shape {tuple(out.shape)}, expected {tuple(x0.shape)} (same as the data)")
+    if prediction == "velocity":
+        target = path.velocity_target(x0, noise, t)
+    elif prediction == "noise":
+        target = noise
+    elif prediction == "data":
+        target = x0
+    else:  # score: SiT's L_s = |sigma s_theta + eps|^2 (eq. 9), i.e. target -eps/sigma scaled by sigma
+        out = expand_time(path.sigma(t), x0) * out
+        target = -noise
+    err = (out.float() - target.float()).pow(2).flatten(1).mean(1)
+    return loss_weight(t, path, prediction, weighting).float() * err, t
