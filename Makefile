@@ -26,5 +26,8 @@ test: setup
 bench: setup
 	$(BIN)/python bench/samplers.py
 
+book: setup
+	$(BIN)/python -m minidit.course build-book --execute
+
 clean:
 	rm -rf $(VENV) runs _book

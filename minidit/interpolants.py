@@ -121,8 +121,8 @@ class GVPInterpolant(Interpolant):
 class VPInterpolant(Interpolant):
     """SBDM-VP: ``alpha = exp(-t^2 (b1 - b0) / 4 - t b0 / 2)``, ``sigma = sqrt(1 - alpha^2)``.
 
-    ``alpha_1 = exp(-5.05) ~ 0.0064``, not exactly 0; ``d_sigma`` is infinite at ``t = 0`` (sample on
-    ``[eps, 1]``).
+    ``alpha_1 = exp(-(b0 + b1) / 4) = exp(-5.025) ~ 0.0066``, not exactly 0; ``d_sigma`` is infinite at ``t = 0``
+    (sample on ``[eps, 1]``).
     """
 
     name = "vp"
