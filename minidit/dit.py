@@ -1,0 +1,331 @@
+"""The DiT image model: patchify, a stack of adaLN-Zero transformer blocks, un-patchify.
+
+A conditioning vector ``c = embed(t) + embed(y)`` regresses per-block shift, scale and gate for the attention and
+MLP branches, ``x = x + gate * branch(norm(x) * (1 + scale) + shift)``, from a zero-initialised linear layer, so every
+block starts as the identity and the zero-initialised final layer makes the untrained model output exactly zero
+(DiT, Peebles & Xie, arXiv 2212.09748, Sec. 3.2). Flag-DiT (RMSNorm, QK-norm, RoPE; arXiv 2405.05945, Sec. 2.1)
+and LI-DiT (conv position embedding; arXiv 2406.11831, Sec. 3.3) are config switches, see ``STYLES``.
+Used by notebooks/06_dit_images.ipynb and notebooks/08_resolution_extrapolation.ipynb.
+
+Example:
+    >>> model = DiT.from_preset("DiT-S/2", style="Flag-DiT", input_size=16, in_channels=3, num_classes=10)
+    >>> v = model(torch.randn(4, 3, 16, 16), torch.rand(4), torch.randint(0, 10, (4,)))   # (4, 3, 16, 16)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from minidit.attention import SelfAttention
+from minidit.embeddings import timestep_embedding
+from minidit.norms import NORMS, make_norm
+from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
+from minidit.rope import RotaryEmbedding
+from minidit.validation import check_choice, check_time
+
+
+def patchify(x: Tensor, patch_size: int) -> Tensor:
+    """Cut images ``(N, C, H, W)`` into ``(N, T, p * p * C)`` tokens, ``T = (H / p) * (W / p)`` in row-major order.
+
+    Each token lists its patch's pixels row by row, channels last: index ``(i * p + j) * C + c``.
+    """
+    n, c, height, width = x.shape
+    p = patch_size
+    if height % p or width % p:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by patch_size {p}; crop or pad to a multiple of {p}"
+        )
+    h, w = height // p, width // p
+    x = x.reshape(n, c, h, p, w, p)  # (N, C, h, p, w, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (N, h, w, p, p, C)
+    return x.reshape(n, h * w, p * p * c)  # (N, T, p * p * C)
+
+
+def unpatchify(tokens: Tensor, grid_shape: Sequence[int], patch_size: int) -> Tensor:
+    """Inverse of ``patchify``: ``(N, h * w, p * p * C)`` tokens on an ``(h, w)`` grid -> ``(N, C, h * p, w * p)``."""
+    n, _, d = tokens.shape
+    h, w = grid_shape
+    p = patch_size
+    c = d // (p * p)
+    x = tokens.reshape(n, h, w, p, p, c)  # (N, h, w, p, p, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)  # (N, C, h, p, w, p)
+    return x.reshape(n, c, h * p, w * p)  # (N, C, H, W)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: ``x * (1 + scale) + shift`` with ``x`` (N, T, D) and per-sample ``shift, scale`` (N, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+@dataclass
+class DiTConfig:
+    """Every architectural choice of a DiT, by name. ``out_channels=None`` means ``in_channels``.
+
+    ``num_classes=0`` builds an unconditional model; otherwise label ``num_classes`` is the learned null label
+    used for classifier-free guidance and ``class_dropout`` is its training-time probability.
+    ``input_size`` is the training image size; the model also runs on other sizes divisible by ``patch_size``.
+    """
+
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    out_channels: int | None = None
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 0
+    class_dropout: float = 0.1
+    norm: str = "layernorm"
+    qk_norm: str | None = None
+    qkv_bias: bool = True
+    pos_embed: str = "sincos"
+    pos_embed_interpolation: str = "bicubic"
+    rope: bool = False
+    rope_theta: float = 10000.0
+    ntk_scale: float = 1.0
+    frequency_embedding_size: int = 256
+
+    def __post_init__(self):
+        if self.out_channels is None:
+            self.out_channels = self.in_channels
+        check_choice("norm", self.norm, NORMS)
+        if self.qk_norm is not None:
+            check_choice("qk_norm", self.qk_norm, NORMS)
+        check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
+        check_choice("interpolation mode", self.pos_embed_interpolation, INTERPOLATION_MODES)
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} must be divisible by patch_size {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.class_dropout <= 1.0:
+            raise ValueError(f"class_dropout is a probability in [0, 1]; got {self.class_dropout}")
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side at the training size."""
+        return self.input_size // self.patch_size
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DiTConfig:
+        """Build a config from a dict, rejecting misspelt keys instead of ignoring them.
+
+        Raises:
+            ValueError: naming the unknown keys and listing the valid ones.
+        """
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown DiTConfig keys {unknown}; valid keys are: {', '.join(valid)}")
+        return cls(**values)
+
+
+class TimestepEmbedder(nn.Module):
+    """Time ``t`` (N,) in [0, 1] -> sin-cos features -> two-layer MLP -> ``(N, D)``."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``t`` of shape ``(N,)`` -> ``(N, D)``."""
+        features = timestep_embedding(t, self.frequency_embedding_size)  # (N, 256)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels ``y`` (N,) -> ``(N, D)``; row ``num_classes`` of the table is the null label for CFG.
+
+    In training mode each label is replaced by the null label with probability ``dropout_prob``; ``force_drop``
+    (bool, (N,)) overrides that choice in any mode, e.g. to build the unconditional half of a CFG batch.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def drop_labels(self, y: Tensor, force_drop: Tensor | None = None) -> Tensor:
+        """Replace dropped labels by the null label ``num_classes``; returns ``(N,)``."""
+        drop = torch.rand(y.shape, device=y.device) < self.dropout_prob if force_drop is None else force_drop
+        return torch.where(drop, self.num_classes, y)
+
+    def forward(self, y: Tensor, force_drop: Tensor | None = None) -> Tensor:
+        """``y`` (N,) long -> ``(N, D)``."""
+        if force_drop is not None or (self.training and self.dropout_prob > 0):
+            y = self.drop_labels(y, force_drop)
+        return self.embedding_table(y)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero conditioning, built from a ``DiTConfig``.
+
+    Extension point: new branches (gated text cross-attention, KV compression, a joint-attention twin) are
+    optional sub-modules created here from config fields; ``forward`` receives the token ``grid_shape``
+    so grid-aware attention (RoPE, KV compression over (h, w)) needs no change to the model loop.
+    """
+
+    def __init__(self, config: DiTConfig, rope: RotaryEmbedding | None = None):
+        super().__init__()
+        dim = config.hidden_size
+        self.norm1 = make_norm(config.norm, dim, affine=False)
+        self.attn = SelfAttention(dim, config.num_heads, config.qk_norm, config.qkv_bias, rope)
+        self.norm2 = make_norm(config.norm, dim, affine=False)
+        mlp_hidden = int(dim * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, dim))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised: identity block
+
+    def forward(
+        self, x: Tensor, c: Tensor, grid_shape: Sequence[int] | None = None, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) -> ``(N, T, D)``."""
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=-1)
+        attn_out = self.attn(modulate(self.norm1(x), shift_attn, scale_attn), grid_shape, attn_mask)  # (N, T, D)
+        x = x + gate_attn.unsqueeze(1) * attn_out
+        mlp_out = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
+        return x + gate_mlp.unsqueeze(1) * mlp_out
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated norm then a linear map from ``D`` to one patch of pixels, ``p * p * out_channels``."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim, p = config.hidden_size, config.patch_size
+        self.norm = make_norm(config.norm, dim, affine=False)
+        self.linear = nn.Linear(dim, p * p * config.out_channels)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """``x`` (N, T, D), ``c`` (N, D) -> ``(N, T, p * p * out_channels)``."""
+        shift, scale = self.modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Diffusion transformer ``model(x (N, C, H, W), t (N,), y (N,)) -> (N, out_channels, H, W)``.
+
+    ``H`` and ``W`` may differ from ``config.input_size`` (any multiple of ``patch_size``): the sin-cos table is
+    recomputed, a learned table interpolated, and RoPE / conv position embeddings work on any grid.
+    For NTK-aware RoPE extrapolation set ``model.rope.ntk_scale`` at inference.
+    """
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        dim, p = config.hidden_size, config.patch_size
+        self.patch_embedder = nn.Linear(p * p * config.in_channels, dim)
+        self.pos_embed = make_pos_embed(
+            config.pos_embed, dim, (config.grid_size, config.grid_size), config.pos_embed_interpolation
+        )
+        head_dim = dim // config.num_heads
+        self.rope = RotaryEmbedding(head_dim, config.rope_theta, config.ntk_scale) if config.rope else None
+        self.t_embedder = TimestepEmbedder(dim, config.frequency_embedding_size)
+        self.y_embedder = (
+            LabelEmbedder(config.num_classes, dim, config.class_dropout) if config.num_classes > 0 else None
+        )
+        self.blocks = nn.ModuleList([DiTBlock(config, self.rope) for _ in range(config.depth)])
+        self.final_layer = FinalLayer(config)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialisation; the zero-inits make every block the identity and the output exactly zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # ConvPosEmbed keeps PyTorch's default conv init; norms start at weight 1, bias 0.
+        if isinstance(self.pos_embed, LearnedPosEmbed):
+            nn.init.normal_(self.pos_embed.table, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        for layer in [block.modulation[-1] for block in self.blocks] + [self.final_layer.modulation[-1]]:
+            nn.init.zeros_(layer.weight)  # adaLN-Zero: shift = scale = gate = 0
+            nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[int, int]:
+        """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``.
+
+        The value check ``0 <= t <= 1`` needs a device sync, so it runs eagerly but is skipped under
+        ``torch.compile``.
+        """
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must have shape (N, {cfg.in_channels}, H, W); got {tuple(x.shape)}")
+        if t.shape != (x.shape[0],) or not torch.is_floating_point(t):
+            raise ValueError(
+                f"t must be a float tensor of shape (N,) = ({x.shape[0]},) with values in [0, 1]; got "
+                f"{t.dtype} of shape {tuple(t.shape)}. Use e.g. t = torch.full((x.shape[0],), 0.5)."
+            )
+        if not torch.compiler.is_compiling():
+            check_time(t)
+        if self.y_embedder is None and y is not None:
+            raise ValueError("this model is unconditional (num_classes=0); call it without y")
+        if self.y_embedder is not None and (y is None or y.shape != (x.shape[0],) or torch.is_floating_point(y)):
+            raise ValueError(
+                f"class-conditional model: y must be a long tensor of shape (N,) = ({x.shape[0]},) with labels "
+                f"in [0, {cfg.num_classes}]; use label {cfg.num_classes} (the null label) for unconditional output"
+            )
+        return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop: Tensor | None = None) -> Tensor:
+        """Predict ``(N, out_channels, H, W)`` from noisy images ``x`` (N, C, H, W) at times ``t`` (N,).
+
+        Args:
+            x: images or latents; ``H`` and ``W`` divisible by ``patch_size``.
+            t: times in [0, 1], shape ``(N,)`` (t = 0 data, t = 1 noise).
+            y: class labels ``(N,)`` long, required iff ``num_classes > 0``; label ``num_classes`` is the null label.
+            force_drop: optional bool ``(N,)``; ``True`` replaces that sample's label by the null label.
+        """
+        grid_shape = self.check_inputs(x, t, y)
+        tokens = self.patch_embedder(patchify(x, self.config.patch_size))  # (N, T, D)
+        if self.pos_embed is not None:
+            tokens = self.pos_embed(tokens, grid_shape)  # (N, T, D)
+        c = self.t_embedder(t)  # (N, D)
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(y, force_drop)  # (N, D)
+        for block in self.blocks:
+            tokens = block(tokens, c, grid_shape)  # (N, T, D)
+        out = self.final_layer(tokens, c)  # (N, T, p * p * out_channels)
+        return unpatchify(out, grid_shape, self.config.patch_size)  # (N, out_channels, H, W)
+
+    @classmethod
+    def from_preset(cls, name: str, style: str = "DiT", **overrides: Any) -> DiT:
+        """Build a model from a size preset (e.g. ``"DiT-XL/2"``) and an architecture style.
+
+        Args:
+            name: one of ``PRESETS``: ``DiT-{S,B,L,XL}/{2,4,8}`` (size / patch size).
+            style: one of ``STYLES``: ``"DiT"``, ``"Flag-DiT"`` or ``"LI-DiT"``.
+            **overrides: any ``DiTConfig`` field, e.g. ``input_size=32, in_channels=4, num_classes=1000``.
+        """
+        check_choice("preset", name, PRESETS)
+        check_choice("style", style, STYLES)
+        return cls(DiTConfig.from_dict({**PRESETS[name], **STYLES[style], **overrides}))
+
+
+# Presets: (depth, hidden_size, num_heads) per size (DiT Table 1), crossed with patch sizes 2, 4, 8.
+MODEL_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+PRESETS = {
+    f"DiT-{size}/{patch}": dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch)
+    for size, (depth, hidden, heads) in MODEL_SIZES.items()
+    for patch in (2, 4, 8)
+}
+# Architecture styles: switches in the config, same block code.
+STYLES = {
+    "DiT": {},
+    "Flag-DiT": dict(norm="rmsnorm", qk_norm="rmsnorm", rope=True, pos_embed="none"),
+    "LI-DiT": dict(pos_embed="conv", qk_norm="rmsnorm"),
+}

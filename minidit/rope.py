@@ -1,0 +1,117 @@
+"""Axial rotary position embedding (RoPE) for 2-D (h, w) and 3-D (h, w, t) token grids.
+
+RoPE rotates each pair of query/key channels by an angle proportional to the token's position, so the logit
+``q_m . k_n`` depends only on the offset ``n - m`` (Su et al. 2021, RoFormer eq. 16); axial RoPE splits the head
+channels across the grid axes, and NTK-aware scaling ``theta' = theta * scale^(d / (d - 2))`` stretches the
+wavelengths to extrapolate to larger grids (Lumina-T2X / Flag-DiT, arXiv 2405.05945, Sec. 2.1 and 3.3).
+Used by notebooks/08_resolution_extrapolation.ipynb and the DiT in ``minidit.dit``.
+
+Example:
+    >>> angles = rope_frequencies((16, 16), head_dim=64)   # (256, 32)
+    >>> q = apply_rope(torch.randn(2, 4, 256, 64), angles)  # (2, 4, 256, 64), norms unchanged
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def axis_pair_counts(head_dim: int, num_axes: int) -> list[int]:
+    """Split the ``head_dim // 2`` rotated channel pairs across ``num_axes`` axes, earlier axes taking the remainder.
+
+    Raises:
+        ValueError: if ``head_dim`` is odd or leaves an axis with no channel pair.
+    """
+    if head_dim % 2 or head_dim // 2 < num_axes:
+        raise ValueError(
+            f"RoPE needs an even head_dim with at least one channel pair per axis; got head_dim={head_dim} for "
+            f"{num_axes} axes. Choose hidden_size / num_heads even and >= {2 * num_axes}."
+        )
+    pairs, extra = divmod(head_dim // 2, num_axes)
+    return [pairs + (axis < extra) for axis in range(num_axes)]
+
+
+def rope_frequencies(
+    grid_shape: Sequence[int],
+    head_dim: int,
+    theta: float = 10000.0,
+    ntk_scale: float = 1.0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Rotation angles for every token of a grid, flattened in row-major (C) order like ``patchify``.
+
+    An axis with ``d = 2 * pairs`` channels uses frequencies ``theta_a^(-2i / d)``, ``i = 0 .. pairs - 1``, with
+    ``theta_a = theta * ntk_scale^(d / (d - 2))`` (NTK-aware scaling; ``ntk_scale = 1`` leaves ``theta`` unchanged).
+    The angle of channel pair ``i`` of axis ``a`` at grid position ``pos`` is ``pos[a] * freq_i``.
+
+    Args:
+        grid_shape: token grid, ``(h, w)`` for images or ``(h, w, t)`` for frames.
+        head_dim: per-head channel count ``Dh`` (even).
+        theta: base wavelength.
+        ntk_scale: ratio of target to training grid size along each axis (> 0); > 1 extrapolates.
+        device: where to build the angles.
+    Returns:
+        Angles of shape ``(T, Dh // 2)`` in float32, ``T = prod(grid_shape)``.
+    Raises:
+        ValueError: for a non-positive ``ntk_scale``, or NTK scaling of an axis with a single channel pair.
+    """
+    if ntk_scale <= 0:
+        raise ValueError(f"ntk_scale must be positive (1 = no scaling); got {ntk_scale}")
+    positions = torch.meshgrid(
+        *[torch.arange(size, device=device, dtype=torch.float32) for size in grid_shape], indexing="ij"
+    )
+    angles = []
+    for axis_positions, pairs in zip(positions, axis_pair_counts(head_dim, len(grid_shape))):
+        axis_dim = 2 * pairs
+        if ntk_scale != 1.0 and axis_dim <= 2:
+            raise ValueError(f"NTK scaling needs at least 2 channel pairs per axis; head_dim={head_dim} is too small")
+        axis_theta = theta * ntk_scale ** (axis_dim / (axis_dim - 2)) if ntk_scale != 1.0 else theta
+        exponents = torch.arange(0, axis_dim, 2, device=device, dtype=torch.float32) / axis_dim
+        freqs = axis_theta ** (-exponents)  # (pairs,)
+        angles.append(axis_positions.reshape(-1, 1) * freqs)  # (T, pairs)
+    return torch.cat(angles, dim=-1)  # (T, Dh // 2)
+
+
+def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
+    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` of queries or keys by ``angles``.
+
+    Args:
+        x: queries or keys, shape ``(N, H, T, Dh)``.
+        angles: from ``rope_frequencies``, shape ``(T, Dh // 2)``.
+    Returns:
+        Rotated tensor, shape ``(N, H, T, Dh)`` and dtype of ``x`` (the rotation runs in float32).
+    """
+    if angles.shape != (x.shape[-2], x.shape[-1] // 2):
+        raise ValueError(
+            f"RoPE angles of shape {tuple(angles.shape)} do not fit x of shape {tuple(x.shape)}; expected "
+            f"({x.shape[-2]}, {x.shape[-1] // 2}). Build them with rope_frequencies(grid_shape, head_dim) "
+            "for the same token grid."
+        )
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (N, H, T, Dh // 2, 2)
+    even, odd = pairs.unbind(-1)
+    cos, sin = angles.cos(), angles.sin()
+    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)  # (N, H, T, Dh // 2, 2)
+    return rotated.flatten(-2).to(x.dtype)  # (N, H, T, Dh)
+
+
+class RotaryEmbedding(nn.Module):
+    """Parameter-free holder of the RoPE settings; call it with a grid shape to get the angles.
+
+    One instance is shared by every attention layer of a model, so changing ``ntk_scale`` at inference
+    (resolution extrapolation) changes them all.
+
+    Args:
+        head_dim: per-head channel count ``Dh``.
+        theta: base wavelength.
+        ntk_scale: NTK-aware scale, see ``rope_frequencies``.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, ntk_scale: float = 1.0):
+        super().__init__()
+        self.head_dim, self.theta, self.ntk_scale = head_dim, theta, ntk_scale
+
+    def forward(self, grid_shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        """Angles of shape ``(prod(grid_shape), head_dim // 2)``."""
+        return rope_frequencies(grid_shape, self.head_dim, self.theta, self.ntk_scale, device)
