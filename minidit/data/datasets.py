@@ -1,0 +1,225 @@
+"""Real image datasets behind the same ``get_batch(step, batch_size)`` interface as the shapes world.
+
+CIFAR-10 (python pickle batches), downsampled ImageNet 64x64 (npz batches, the format of Chrabaszcz et al.
+2017, arXiv 1707.08819) and any folder of class sub-folders are read into memory as uint8 arrays; batch
+``step`` is a slice of a per-epoch permutation seeded by ``(seed, epoch)``, so it depends only on
+``(seed, step)`` and training resumes exactly. These are the class-conditional benchmarks of DiT
+(arXiv 2212.09748, Sec. 4) and SiT (arXiv 2401.08740, Sec. 3), used by configs/cifar10_dit_s2.toml and
+configs/imagenet64_dit_b2.toml through ``python -m minidit train``.
+
+Example:
+    >>> data = cifar10("~/data", split="train", flip=True)
+    >>> images, conditioning = data.get_batch(step=0, batch_size=64)   # (64, 3, 32, 32), {"y": (64,)}
+"""
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from minidit.validation import check_choice
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+IMAGENET64_URL = "https://image-net.org/download-images.php (Downsampled ImageNet 64x64, npz format)"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class ImageArrayDataset:
+    """Images held in memory as uint8, served in deterministic shuffled batches.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8.
+        labels: ``(N,)`` integer class labels.
+        seed: seed of the per-epoch permutations and of the flips.
+        flip: flip each image horizontally with probability 1/2 (deterministic in ``(seed, step)``).
+        resolution: resize batches to ``resolution x resolution`` (antialiased bilinear); ``None`` keeps ``H x W``.
+        class_names: optional names of the classes.
+        num_classes: number of classes; defaults to ``len(class_names)``, else ``labels.max() + 1``.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        seed: int = 0,
+        flip: bool = False,
+        resolution: int | None = None,
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 of shape (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},); got {tuple(labels.shape)}")
+        self.images, self.labels = images, labels.long()
+        self.seed, self.flip, self.resolution = seed, flip, resolution
+        self.class_names = list(class_names) if class_names is not None else None
+        self.num_classes = num_classes or (len(self.class_names) if self.class_names else int(self.labels.max()) + 1)
+        self._epoch_permutation: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._epoch_permutation is None or self._epoch_permutation[0] != epoch:
+            self._epoch_permutation = (epoch, np.random.default_rng((self.seed, 0, epoch)).permutation(len(self)))
+        return self._epoch_permutation[1]
+
+    def indices(self, step: int, batch_size: int) -> np.ndarray:
+        """Dataset indices of batch ``step``: positions ``step * B .. (step + 1) * B - 1`` of the epoch permutations."""
+        positions = np.arange(step * batch_size, (step + 1) * batch_size)
+        epochs, offsets = positions // len(self), positions % len(self)
+        return np.array([self._permutation(int(e))[o] for e, o in zip(epochs, offsets)])
+
+    def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return batch ``step``: images ``(B, 3, H, W)`` float in ``[-1, 1]`` and ``{"y": labels (B,) long}``."""
+        index = torch.from_numpy(self.indices(step, batch_size))
+        images = self.images[index].float() / 127.5 - 1  # (B, 3, H, W)
+        if self.flip:
+            flipped = torch.from_numpy(np.random.default_rng((self.seed, 1, step)).random(batch_size) < 0.5)
+            images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+        if self.resolution is not None and images.shape[-2:] != (self.resolution, self.resolution):
+            size = (self.resolution, self.resolution)
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return images, {"y": self.labels[index]}
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def load_cifar10(root: str | Path, split: str = "train", download: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+    """Read CIFAR-10 from its python pickle batches.
+
+    Args:
+        root: the folder holding ``cifar-10-batches-py/`` (or that folder itself).
+        split: ``"train"`` (``data_batch_1`` .. ``data_batch_5``, 50000 images) or ``"test"`` (``test_batch``).
+        download: fetch the archive with torchvision first (only when asked; needs network access).
+    Returns:
+        images ``(N, 3, 32, 32)`` uint8, labels ``(N,)`` long, the 10 class names.
+    Raises:
+        FileNotFoundError: if the batches are missing, saying where they go and where to get them.
+    """
+    check_choice("split", split, ("train", "test"))
+    root = Path(root).expanduser()
+    if download:
+        from torchvision.datasets import CIFAR10  # lazy: torchvision is needed only to download
+
+        CIFAR10(str(root), train=split == "train", download=True)
+    folder = root if (root / "batches.meta").exists() else root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [name for name in [*names, "batches.meta"] if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 files {missing} not found in {folder}. Download 'CIFAR-10 python version' "
+            f"(cifar-10-python.tar.gz) from {CIFAR10_URL} and extract it into {root}, or pass download=True."
+        )
+    batches = [_unpickle(folder / name) for name in names]
+    data = np.concatenate([b[b"data"] for b in batches])  # (N, 3072): 1024 red, 1024 green, 1024 blue, row-major
+    labels = np.concatenate([np.asarray(b[b"labels"]) for b in batches])
+    class_names = [name.decode() for name in _unpickle(folder / "batches.meta")[b"label_names"]]
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # (N, 3, 32, 32)
+    return images, torch.from_numpy(labels).long(), class_names
+
+
+def load_imagenet64(
+    root: str | Path, split: str = "train", batches: Sequence[int] = tuple(range(1, 11))
+) -> tuple[Tensor, Tensor]:
+    """Read downsampled ImageNet 64x64 from its npz batches.
+
+    Args:
+        root: the folder holding ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz`` and ``val_data.npz``.
+        split: ``"train"`` or ``"val"``.
+        batches: which training batches to read (about 128k images and 1.6 GB each); ignored for ``"val"``.
+    Returns:
+        images ``(N, 3, 64, 64)`` uint8 and labels ``(N,)`` long in ``0..999`` (the files store 1..1000).
+    Raises:
+        FileNotFoundError: if a batch is missing, saying where it goes and where to get it.
+    """
+    check_choice("split", split, ("train", "val"))
+    root = Path(root).expanduser()
+    names = [f"train_data_batch_{i}.npz" for i in batches] if split == "train" else ["val_data.npz"]
+    missing = [name for name in names if not (root / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"ImageNet 64x64 files {missing} not found in {root}. Download Imagenet64_train_part1/part2_npz and "
+            f"Imagenet64_val_npz from {IMAGENET64_URL} (needs a free account) and put the .npz files in {root}."
+        )
+    images, labels = [], []
+    for name in names:
+        with np.load(root / name) as batch:
+            images.append(batch["data"].reshape(-1, 3, 64, 64))  # (N, 12288) channel-planar -> (N, 3, 64, 64)
+            labels.append(np.asarray(batch["labels"]) - 1)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)).long()
+
+
+def _load_resized(path: Path, resolution: int) -> np.ndarray:
+    """One image as ``(3, resolution, resolution)`` uint8: shorter side resized (bicubic), then centre-cropped."""
+    from PIL import Image  # Pillow ships with torchvision
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = resolution / min(image.size)
+        width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        return np.asarray(image).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def load_image_folder(root: str | Path, resolution: int) -> tuple[Tensor, Tensor, list[str]]:
+    """Read ``root/<class name>/<image>`` files (png, jpg, bmp, webp); classes are the sorted sub-folder names.
+
+    Returns:
+        images ``(N, 3, resolution, resolution)`` uint8, labels ``(N,)`` long, class names.
+    Raises:
+        FileNotFoundError: if ``root`` holds no class folder with images.
+    """
+    root = Path(root).expanduser()
+    class_names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    files = [
+        (path, label)
+        for label, name in enumerate(class_names)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise FileNotFoundError(
+            f"no images found in {root}: put them in one sub-folder per class, e.g. {root}/cat/0001.png, "
+            f"with suffixes {IMAGE_SUFFIXES}"
+        )
+    images = np.stack([_load_resized(path, resolution) for path, _ in files])  # (N, 3, R, R)
+    return torch.from_numpy(images), torch.tensor([label for _, label in files]), class_names
+
+
+def cifar10(
+    root: str | Path, split: str = "train", seed: int = 0, flip: bool = False, download: bool = False
+) -> ImageArrayDataset:
+    """CIFAR-10 as an ``ImageArrayDataset`` (32x32, 10 classes); see ``load_cifar10``."""
+    images, labels, class_names = load_cifar10(root, split, download)
+    return ImageArrayDataset(images, labels, seed, flip, class_names=class_names)
+
+
+def imagenet64(
+    root: str | Path,
+    split: str = "train",
+    seed: int = 0,
+    flip: bool = False,
+    resolution: int | None = None,
+    batches: Sequence[int] = tuple(range(1, 11)),
+) -> ImageArrayDataset:
+    """Downsampled ImageNet 64x64 as an ``ImageArrayDataset`` (1000 classes); see ``load_imagenet64``."""
+    images, labels = load_imagenet64(root, split, batches)
+    return ImageArrayDataset(images, labels, seed, flip, resolution, num_classes=1000)
+
+
+def image_folder(root: str | Path, resolution: int = 64, seed: int = 0, flip: bool = False) -> ImageArrayDataset:
+    """A folder of class sub-folders as an ``ImageArrayDataset``; see ``load_image_folder``."""
+    images, labels, class_names = load_image_folder(root, resolution)
+    return ImageArrayDataset(images, labels, seed, flip, class_names=class_names)
