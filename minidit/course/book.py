@@ -1,0 +1,250 @@
+"""The course as a book: book.toml lists the chapters, and this module checks, outlines and renders them as HTML.
+
+Each chapter pairs a lecture notebook with an exercise and its solution; ``build_book`` (optionally) executes the
+notebooks with ``MINIDIT_QUICK=1`` and writes one HTML page per notebook (figures embedded as data URIs) with
+links between a chapter's pages, previous / next, and an index with the table of contents.
+This is course tooling, not a paper's method; it renders notebooks/, exercises/ and solutions/.
+"""
+from __future__ import annotations
+
+import html
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from minidit.course.exercises import require_nbformat
+from minidit.validation import check_choice
+
+NOT_MEASURED = "not measured yet"
+CHAPTER_STATUSES = ("ready", "planned")
+NOTEBOOK_KINDS = ("lecture", "exercise", "solution")
+NOTEBOOK_DIRS = ("notebooks", "exercises", "solutions")
+CHAPTER_KEYS = ("id", "title", *NOTEBOOK_KINDS, "prerequisites", "status", "quick_run_time", "full_run_time")
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One entry of book.toml; notebook paths are relative to the repository root, ``None`` when absent."""
+
+    id: str
+    title: str
+    lecture: str | None = None
+    exercise: str | None = None
+    solution: str | None = None
+    prerequisites: tuple[str, ...] = ()
+    status: str = "ready"
+    quick_run_time: str = NOT_MEASURED
+    full_run_time: str = NOT_MEASURED
+
+    def notebooks(self) -> list[tuple[str, str]]:
+        """``(kind, path)`` for each notebook the chapter lists, in the order lecture, exercise, solution."""
+        return [(kind, getattr(self, kind)) for kind in NOTEBOOK_KINDS if getattr(self, kind)]
+
+
+@dataclass(frozen=True)
+class Book:
+    """The course manifest: a title and the chapters in reading order."""
+
+    title: str
+    chapters: tuple[Chapter, ...]
+
+
+def load_book(path: Path | str = "book.toml") -> Book:
+    """Read and validate the course manifest.
+
+    Raises:
+        ValueError: for an unknown key (listing the valid ones), a missing title or id, a duplicate id, a
+            prerequisite that is not an earlier chapter, an unknown status, or an exercise without its solution.
+    """
+    with open(path, "rb") as file:
+        data = tomllib.load(file)
+    if "title" not in data:
+        raise ValueError(f"{path}: add a top-level title = \"...\"")
+    chapters: list[Chapter] = []
+    for number, entry in enumerate(data.get("chapter", []), start=1):
+        where = f"{path}, chapter {number}"
+        unknown = sorted(set(entry) - set(CHAPTER_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {list(CHAPTER_KEYS)}")
+        if "id" not in entry or "title" not in entry:
+            raise ValueError(f"{where}: every chapter needs an id and a title")
+        chapter = Chapter(**{**entry, "prerequisites": tuple(entry.get("prerequisites", ()))})
+        check_choice("chapter status", chapter.status, CHAPTER_STATUSES)
+        if chapter.id in (c.id for c in chapters):
+            raise ValueError(f"{where}: duplicate chapter id {chapter.id!r}")
+        earlier = [c.id for c in chapters]
+        for prerequisite in chapter.prerequisites:
+            if prerequisite not in earlier:
+                raise ValueError(f"{where}: prerequisite {prerequisite!r} must be the id of an earlier chapter: {earlier}")
+        if bool(chapter.exercise) != bool(chapter.solution):
+            raise ValueError(f"{where}: list both an exercise and its solution, or neither")
+        if not chapter.notebooks():
+            raise ValueError(f"{where}: list at least one notebook (lecture, exercise or solution)")
+        chapters.append(chapter)
+    return Book(data["title"], tuple(chapters))
+
+
+def missing_notebooks(book: Book, root: Path | str = ".") -> list[str]:
+    """Listed notebooks that do not exist, except the lectures of chapters with ``status = "planned"``."""
+    root = Path(root)
+    return [f"{path} (chapter {chapter.id!r}, {kind})" for chapter in book.chapters for kind, path in chapter.notebooks()
+            if not (root / path).exists() and not (kind == "lecture" and chapter.status == "planned")]
+
+
+def unlisted_notebooks(book: Book, root: Path | str = ".") -> list[str]:
+    """Notebooks in notebooks/, exercises/ or solutions/ that no chapter lists."""
+    root = Path(root)
+    listed = {path for chapter in book.chapters for _, path in chapter.notebooks()}
+    found = {path.relative_to(root).as_posix() for folder in NOTEBOOK_DIRS for path in (root / folder).glob("*.ipynb")}
+    return sorted(found - listed)
+
+
+def outline(book: Book) -> str:
+    """The course outline as Markdown (one numbered entry per chapter), for the README."""
+    lines = [f"# {book.title}", ""]
+    titles = {chapter.id: chapter.title for chapter in book.chapters}
+    for number, chapter in enumerate(book.chapters, start=1):
+        planned = " *(planned)*" if chapter.status == "planned" else ""
+        lines.append(f"{number}. **{chapter.title}**{planned}")
+        for kind, path in chapter.notebooks():
+            lines.append(f"   - {kind}: [`{path}`]({path})")
+        if chapter.prerequisites:
+            lines.append("   - prerequisites: " + ", ".join(titles[p] for p in chapter.prerequisites))
+        lines.append(f"   - run time: quick {chapter.quick_run_time}; full {chapter.full_run_time}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One rendered notebook: its chapter, kind, source path and output path (relative to the book folder)."""
+
+    chapter: Chapter
+    kind: str
+    source: str
+    target: str
+
+
+def _pages(book: Book, root: Path) -> list[Page]:
+    return [Page(chapter, kind, path, str(Path(path).with_suffix(".html").as_posix()))
+            for chapter in book.chapters for kind, path in chapter.notebooks() if (root / path).exists()]
+
+
+def _link(from_page: str, to_page: str, text: str) -> str:
+    """Markdown link from one page of the book to another, by relative path."""
+    return f"[{text}]({Path(os.path.relpath(to_page, Path(from_page).parent)).as_posix()})"
+
+
+def _navigation(page: Page, pages: list[Page]) -> str:
+    """Markdown navigation bar: contents, the chapter's other pages, previous and next."""
+    index = pages.index(page)
+    siblings = [f"**{p.kind}**" if p is page else _link(page.target, p.target, p.kind) for p in pages if p.chapter is page.chapter]
+    parts = [_link(page.target, "index.html", "Contents"), f"{page.chapter.title}: " + " | ".join(siblings)]
+    if index > 0:
+        parts.append(_link(page.target, pages[index - 1].target, "← previous"))
+    if index + 1 < len(pages):
+        parts.append(_link(page.target, pages[index + 1].target, "next →"))
+    return " · ".join(parts)
+
+
+def execute_notebook(notebook: object, directory: Path, quick: bool = True, timeout: int = 600) -> float:
+    """Execute ``notebook`` in place with nbclient (working directory ``directory``); return the seconds it took.
+
+    ``MINIDIT_QUICK`` is set to 1 (``quick``) or 0 for the kernel.
+    """
+    try:
+        from nbclient import NotebookClient
+    except ImportError as error:
+        raise ImportError("executing the book needs nbclient: pip install -e '.[dev]'") from error
+    previous = os.environ.get("MINIDIT_QUICK")
+    os.environ["MINIDIT_QUICK"] = "1" if quick else "0"  # the kernel inherits this environment
+    try:
+        start = time.perf_counter()
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(directory)}}).execute()
+        return time.perf_counter() - start
+    finally:
+        if previous is None:
+            del os.environ["MINIDIT_QUICK"]
+        else:
+            os.environ["MINIDIT_QUICK"] = previous
+
+
+def _index_html(book: Book, pages: list[Page]) -> str:
+    targets = {(p.chapter.id, p.kind): p.target for p in pages}
+    titles = {chapter.id: chapter.title for chapter in book.chapters}
+    items = []
+    for chapter in book.chapters:
+        links = [f'<a href="{html.escape(targets[chapter.id, kind])}">{kind}</a>' if (chapter.id, kind) in targets
+                 else f"{kind} (planned)" for kind, _ in chapter.notebooks()]
+        prerequisites = ", ".join(html.escape(titles[p]) for p in chapter.prerequisites) or "none"
+        items.append(
+            f'<li><span class="chapter">{html.escape(chapter.title)}</span><br>{" | ".join(links)}<br>'
+            f"<small>prerequisites: {prerequisites}; run time: quick {html.escape(chapter.quick_run_time)}, "
+            f"full {html.escape(chapter.full_run_time)}</small></li>"
+        )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(book.title)}</title>'
+        "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.5}"
+        "li{margin-bottom:1em}.chapter{font-weight:bold}</style></head>\n"
+        f'<body><h1>{html.escape(book.title)}</h1>\n<nav id="toc"><ol>\n' + "\n".join(items) + "\n</ol></nav></body></html>\n"
+    )
+
+
+def build_book(
+    root: Path | str = ".",
+    out: Path | str = "_book",
+    book_file: str = "book.toml",
+    execute: bool = False,
+    quick: bool = True,
+    timeout: int = 600,
+) -> dict[str, float]:
+    """Render every existing notebook of the book as HTML under ``out``, plus ``out/index.html``.
+
+    Args:
+        root: repository root (book.toml and the notebook folders live there).
+        out: output folder; page ``notebooks/x.ipynb`` becomes ``out/notebooks/x.html``.
+        book_file: manifest path relative to ``root``.
+        execute: run each notebook with nbclient before rendering (otherwise render stored outputs).
+        quick: with ``execute``, set ``MINIDIT_QUICK=1`` (else 0).
+        timeout: seconds allowed per cell when executing.
+    Returns:
+        seconds each notebook took to execute, keyed by its path (empty without ``execute``).
+    """
+    nbformat = require_nbformat()
+    from nbconvert import HTMLExporter
+
+    root, out = Path(root), Path(out)
+    book = load_book(root / book_file)
+    pages = _pages(book, root)
+    exporter = HTMLExporter(template_name="lab")
+    timings = {}
+    for page in pages:
+        notebook = nbformat.read(root / page.source, as_version=4)
+        if execute:
+            timings[page.source] = execute_notebook(notebook, (root / page.source).parent, quick, timeout)
+        navigation = _navigation(page, pages)
+        notebook.cells = [nbformat.v4.new_markdown_cell(navigation), *notebook.cells, nbformat.v4.new_markdown_cell(navigation)]
+        notebook.metadata["title"] = f"{page.chapter.title} ({page.kind})"
+        body, _ = exporter.from_notebook_node(notebook)
+        (out / page.target).parent.mkdir(parents=True, exist_ok=True)
+        (out / page.target).write_text(body, encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.html").write_text(_index_html(book, pages), encoding="utf-8")
+    return timings
+
+
+def chapter_run_times(book: Book, timings: dict[str, float]) -> dict[str, float]:
+    """Total execution seconds per chapter id, over the chapter's notebooks that were executed."""
+    totals = {}
+    for chapter in book.chapters:
+        seconds = [timings[path] for _, path in chapter.notebooks() if path in timings]
+        if seconds:
+            totals[chapter.id] = sum(seconds)
+    return totals
+
+
+def machine_description() -> str:
+    """A short description of this machine for measured run times, e.g. ``"2 CPU cores, Python 3.11"``."""
+    return f"{os.cpu_count()} CPU cores, Python {sys.version_info.major}.{sys.version_info.minor}"

@@ -1,0 +1,387 @@
+"""Automatic checks for the exercises: a learner's function against minidit's reference on fixed inputs.
+
+Each check runs the learner's function and the reference on the same few deterministic cases and reports the
+first mismatch (which input, expected versus got, a hint); an unfinished exercise (``NotImplementedError``) is
+reported as "not implemented yet" instead of a traceback, so an exercise notebook runs to the end as shipped.
+The references are the library's own modules, e.g. SiT's interpolants and conversions (arXiv 2401.08740,
+Sec. 2.2-2.3), SD3's time samplers (arXiv 2403.03206, eqs. 19-20); used by every notebook in exercises/.
+
+Adding a check is one ``register(Check(...))`` call with a reference function and a case generator.
+
+Example:
+    >>> result = check("interpolant", my_interpolant)   # prints "✓ interpolant: all 9 cases pass"
+    >>> result.status
+    'pass'
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from minidit.validation import check_choice
+
+STATUSES = ("pass", "fail", "not_implemented")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of ``check``: ``status`` is ``"pass"``, ``"fail"`` or ``"not_implemented"``; ``message`` is what was printed."""
+
+    name: str
+    status: str
+    message: str
+
+    def __post_init__(self) -> None:
+        check_choice("check status", self.status, STATUSES)
+
+    @property
+    def passed(self) -> bool:
+        """True when every case matched the reference."""
+        return self.status == "pass"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input: ``args`` are passed positionally to both the learner's function and the reference."""
+
+    label: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check.
+
+    Attributes:
+        name: registry key, e.g. ``"interpolant"``.
+        reference: minidit's implementation, called with the same arguments as the learner's function.
+        cases: builds the list of ``Case`` (fresh tensors on each call, so in-place edits cannot leak).
+        hint: shown with the first failure.
+        output_names: names of the parts of a tuple output, for clearer failure messages.
+        evaluate: turns a function's return value into the value compared (identity by default; a check
+            whose functions return a function evaluates it here).
+        atol, rtol: tolerances of the comparison.
+    """
+
+    name: str
+    reference: Callable[..., Any]
+    cases: Callable[[], list[Case]]
+    hint: str
+    output_names: Sequence[str] = ()
+    evaluate: Callable[[Any], Any] = field(default=lambda output: output)
+    atol: float = 1e-5
+    rtol: float = 1e-4
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def register(new_check: Check) -> Check:
+    """Add ``new_check`` to ``CHECKS`` (its name must be new) and return it."""
+    if new_check.name in CHECKS:
+        raise ValueError(f"a check named {new_check.name!r} is already registered; pick another name")
+    CHECKS[new_check.name] = new_check
+    return new_check
+
+
+def _describe(value: Any) -> str:
+    """Short description of a value for messages: shape for tensors, repr otherwise."""
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)}: (" + ", ".join(_describe(v) for v in value) + ")"
+    return repr(value)
+
+
+def _mismatch(expected: Any, got: Any, spec: Check, where: str) -> str | None:
+    """Return a description of the first difference between ``expected`` and ``got``, or ``None`` if they match."""
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"{where}expected {_describe(expected)}, got {_describe(got)}"
+        names = spec.output_names if len(spec.output_names) == len(expected) else [f"[{i}]" for i in range(len(expected))]
+        for part_name, e, g in zip(names, expected, got):
+            problem = _mismatch(e, g, spec, f"{where}{part_name}: ")
+            if problem:
+                return problem
+        return None
+    expected_tensor = torch.as_tensor(expected, dtype=torch.float64)
+    try:
+        got_tensor = torch.as_tensor(got, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return f"{where}expected {_describe(expected)}, got {_describe(got)}"
+    if got_tensor.shape != expected_tensor.shape:
+        return f"{where}expected shape {tuple(expected_tensor.shape)}, got shape {tuple(got_tensor.shape)}"
+    if torch.allclose(got_tensor, expected_tensor, rtol=spec.rtol, atol=spec.atol, equal_nan=True):
+        return None
+    error = (got_tensor - expected_tensor).abs().nan_to_num(nan=math.inf)
+    index = tuple(int(i) for i in torch.unravel_index(error.argmax(), error.shape))
+    return (f"{where}values differ (shape {tuple(expected_tensor.shape)}, max abs error {error.max().item():.3g}); "
+            f"at index {index}: expected {expected_tensor[index].item():.6g}, got {got_tensor[index].item():.6g}")
+
+
+def _finish(name: str, status: str, message: str) -> CheckResult:
+    print(message)
+    return CheckResult(name, status, message)
+
+
+def check(name: str, fn: Callable[..., Any]) -> CheckResult:
+    """Compare the learner's ``fn`` with minidit's reference for check ``name`` and print a verdict.
+
+    Never raises for a wrong or unfinished ``fn``: a ``NotImplementedError`` gives status ``"not_implemented"``,
+    any other exception or mismatch gives ``"fail"`` with the input, expected versus got and a hint.
+
+    Args:
+        name: a key of ``CHECKS`` (e.g. ``"interpolant"``, ``"convert"``, ``"euler_step"``).
+        fn: the learner's function, with the signature the exercise describes.
+    Returns:
+        ``CheckResult(name, status, message)``.
+    Raises:
+        ValueError: for an unknown check name, listing the valid ones.
+    """
+    spec = CHECKS[check_choice("check", name, CHECKS)]
+    expected_cases, learner_cases = spec.cases(), spec.cases()
+    for index, (reference_case, case) in enumerate(zip(expected_cases, learner_cases), start=1):
+        where = f"case {index} of {len(learner_cases)} ({case.label})"
+        try:
+            got = spec.evaluate(fn(*case.args))
+        except NotImplementedError:
+            return _finish(name, "not_implemented", f"… {name}: not implemented yet (replace the `raise NotImplementedError` and run again)")
+        except Exception as error:  # noqa: BLE001 - any learner error becomes a readable verdict
+            return _finish(name, "fail", f"✗ {name}: {where} raised {type(error).__name__}: {error}\n  hint: {spec.hint}")
+        expected = spec.evaluate(spec.reference(*reference_case.args))
+        problem = _mismatch(expected, got, spec, "")
+        if problem:
+            return _finish(name, "fail", f"✗ {name}: {where}: {problem}\n  hint: {spec.hint}")
+    return _finish(name, "pass", f"✓ {name}: all {len(learner_cases)} cases pass")
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- interpolants (SiT Sec. 2.2) and prediction conversion (SiT Sec. 2.3) -----------------------------------
+
+def _interpolant_reference(name: str, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from minidit.interpolants import get_interpolant
+
+    return get_interpolant(name).coefficients(t)
+
+
+def _interpolant_cases() -> list[Case]:
+    from minidit.interpolants import INTERPOLANTS
+
+    cases = []
+    for name in INTERPOLANTS:
+        start = 0.01 if name == "vp" else 0.0  # the VP path's d_sigma is infinite at t = 0
+        for t in (torch.linspace(start, 1.0, 11), torch.tensor([0.5]), torch.rand(3, 4, generator=_generator(0)).clamp_min(start)):
+            cases.append(Case(f"name={name!r}, t of shape {tuple(t.shape)} in [{t.min():.2f}, {t.max():.2f}]", (name, t)))
+    return cases
+
+
+register(Check(
+    name="interpolant",
+    reference=_interpolant_reference,
+    cases=_interpolant_cases,
+    hint="return (alpha_t, sigma_t, d_alpha_t, d_sigma_t) with the same shape as t; t = 0 is data (alpha = 1), t = 1 is noise (sigma = 1)",
+    output_names=("alpha", "sigma", "d_alpha", "d_sigma"),
+))
+
+
+def _convert_reference(pred: Tensor, x_t: Tensor, t: Tensor, interpolant: str, src: str, dst: str) -> Tensor:
+    from minidit.weighting import convert
+
+    return convert(pred, x_t, t, interpolant, src, dst)
+
+
+def _convert_cases() -> list[Case]:
+    from minidit.interpolants import INTERPOLANTS
+    from minidit.weighting import PREDICTIONS
+
+    cases = []
+    for name in INTERPOLANTS:
+        for src in PREDICTIONS:
+            for dst in PREDICTIONS:
+                if src != dst:
+                    g = _generator(len(cases))
+                    pred, x_t = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
+                    t = torch.tensor([0.1, 0.3, 0.6, 0.9])
+                    cases.append(Case(f"interpolant={name!r}, src={src!r}, dst={dst!r}, pred and x_t of shape (4, 2)", (pred, x_t, t, name, src, dst)))
+    return cases
+
+
+register(Check(
+    name="convert",
+    reference=_convert_reference,
+    cases=_convert_cases,
+    hint="recover (x0, eps) from x_t = alpha x0 + sigma eps and the prediction, then express the target: "
+    "score = -eps / sigma, velocity = alpha' x0 + sigma' eps; broadcast t of shape (N,) with minidit.validation.expand_time",
+))
+
+
+# ---- time samplers (SD3 eqs. 19-20) -------------------------------------------------------------------------
+
+def _logit_normal_density_reference(t: Tensor, m: float, s: float) -> Tensor:
+    from minidit.timesteps import get_time_sampler
+
+    return get_time_sampler("logit_normal", m=m, s=s).density(t)
+
+
+def _logit_normal_cases() -> list[Case]:
+    t = torch.linspace(0.01, 0.99, 25)
+    return [Case(f"t = linspace(0.01, 0.99, 25), m={m}, s={s}", (t.clone(), m, s)) for m, s in ((0.0, 1.0), (-0.5, 1.0), (1.0, 0.6))]
+
+
+register(Check(
+    name="logit_normal_density",
+    reference=_logit_normal_density_reference,
+    cases=_logit_normal_cases,
+    hint="pi(t) = exp(-(logit(t) - m)^2 / (2 s^2)) / (s sqrt(2 pi) t (1 - t)) with logit(t) = log(t / (1 - t)); "
+    "the 1 / (t (1 - t)) factor is the Jacobian of the sigmoid",
+    rtol=1e-4,
+))
+
+
+def _mode_sample_reference(u: Tensor, s: float) -> Tensor:
+    from minidit.timesteps import get_time_sampler
+
+    return get_time_sampler("mode", s=s).transform(u)
+
+
+def _mode_sample_cases() -> list[Case]:
+    u = torch.cat([torch.tensor([0.0, 0.5, 1.0]), torch.rand(13, generator=_generator(1))])
+    return [Case(f"u of shape (16,) in [0, 1], s={s}", (u.clone(), s)) for s in (0.0, 1.29, -0.5)]
+
+
+register(Check(
+    name="mode_sample",
+    reference=_mode_sample_reference,
+    cases=_mode_sample_cases,
+    hint="t = 1 - u - s (cos^2(pi u / 2) - 1 + u); check that u = 0 gives t = 1 and u = 1 gives t = 0",
+))
+
+
+# ---- single steps of the ODE and SDE samplers (SiT Sec. 2.4), integrating from t = 1 to t = 0 ---------------
+
+def _toy_velocity(x: Tensor, t: Tensor | float) -> Tensor:
+    """A smooth nonlinear field, so Heun and Euler differ: ``v = sin(x) (1 + t) - x / 2``; ``t`` float or ``(N,)``."""
+    t = torch.as_tensor(t, dtype=x.dtype)
+    t = t.reshape(-1, *([1] * (x.ndim - 1))) if t.ndim else t  # (N, 1, ..., 1)
+    return torch.sin(x) * (1 + t) - 0.5 * x
+
+
+def _toy_score(x: Tensor, t: Tensor | float) -> Tensor:
+    """Score of ``N(0, (1 + t) I)``: ``-x / (1 + t)``; ``t`` float or ``(N,)``."""
+    t = torch.as_tensor(t, dtype=x.dtype)
+    t = t.reshape(-1, *([1] * (x.ndim - 1))) if t.ndim else t  # (N, 1, ..., 1)
+    return -x / (1 + t)
+
+
+def _ode_step_reference(method: str) -> Callable[..., Tensor]:
+    """minidit's ODE sampler run for one step from ``t`` to ``t_next``: ``(velocity_fn, x, t, t_next) -> x_next``."""
+
+    def step(velocity_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: float, t_next: float) -> Tensor:
+        from minidit.samplers import sample_ode
+
+        return sample_ode(velocity_fn, x, steps=1, method=method, t_start=t, t_end=t_next).samples
+
+    return step
+
+
+def euler_maruyama_step(
+    velocity_fn: Callable[[Tensor, Tensor], Tensor],
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t: float,
+    t_next: float,
+    diffusion: float,
+    noise: Tensor,
+) -> Tensor:
+    """One Euler–Maruyama step of the reverse SDE ``dx = [v - w s] dt + sqrt(2 w) dW`` from ``t`` down to ``t_next``.
+
+    ``x - h v + h w s + sqrt(2 w h) z`` with ``h = t - t_next``, ``w = diffusion`` and the given noise ``z``: the
+    step ``minidit.samplers.sample_sde`` takes, with the noise passed in so that the result is deterministic.
+
+    Args:
+        velocity_fn, score_fn: ``f(x (N, ...), t (N,)) -> (N, ...)``.
+        x: current state, ``(N, ...)``; noise: ``z ~ N(0, I)``, same shape.
+        t, t_next: current and next time; diffusion: ``w_t >= 0``.
+    Returns:
+        the next state, ``(N, ...)``.
+    """
+    h = t - t_next
+    time = torch.full((x.shape[0],), t, dtype=x.dtype)
+    return x - h * velocity_fn(x, time) + h * diffusion * score_fn(x, time) + math.sqrt(2 * diffusion * h) * noise
+
+
+def _ode_step_cases() -> list[Case]:
+    x = torch.randn(5, 3, generator=_generator(2))
+    return [Case(f"x of shape (5, 3), t={t}, t_next={t_next}", (_toy_velocity, x.clone(), t, t_next))
+            for t, t_next in ((1.0, 0.0), (1.0, 0.75), (0.5, 0.45))]
+
+
+def _sde_step_cases() -> list[Case]:
+    g = _generator(3)
+    x, noise = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    return [Case(f"x and noise of shape (5, 3), t={t}, t_next={t_next}, diffusion={w}", (_toy_velocity, _toy_score, x.clone(), t, t_next, w, noise.clone()))
+            for t, t_next, w in ((1.0, 0.75, 1.0), (0.5, 0.45, 0.3), (0.5, 0.25, 0.0))]
+
+
+register(Check(
+    name="euler_step",
+    reference=_ode_step_reference("euler"),
+    cases=_ode_step_cases,
+    hint="time runs from 1 (noise) down to 0 (data): x_next = x - h v(x, t) with h = t - t_next > 0; "
+    "pass the time as a tensor of shape (N,), e.g. torch.full((x.shape[0],), t)",
+))
+register(Check(
+    name="heun_step",
+    reference=_ode_step_reference("heun"),
+    cases=_ode_step_cases,
+    hint="evaluate v1 at (x, t), take an Euler step to t_next, evaluate v2 there, and average: x - h (v1 + v2) / 2",
+))
+register(Check(
+    name="euler_maruyama_step",
+    reference=euler_maruyama_step,
+    cases=_sde_step_cases,
+    hint="x_next = x - h v + h w s + sqrt(2 w h) z with h = t - t_next > 0; the score term pulls towards data, "
+    "so its sign is +h w s when integrating backwards in time",
+))
+
+
+# ---- classifier-free guidance (DiT Sec. 3; CFG works unchanged for velocity models, SiT Sec. 3) -----------
+
+_CFG_X = torch.randn(4, 2, generator=_generator(4))
+_CFG_T = torch.tensor([0.9, 0.6, 0.3, 0.05])
+_CFG_TABLE = torch.randn(4, 2, generator=_generator(5))
+
+
+def _toy_conditional_velocity(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+    """A toy class-conditional model ``v(x, t, y) = (1 + t) table[y] - x``; class 3 is the null class."""
+    return (1 + t[:, None]) * _CFG_TABLE[y] - x  # (N, 2)
+
+
+def _cfg_reference(model: Callable[..., Tensor], cond: Tensor, null_cond: Tensor, scale: float) -> Callable[[Tensor, Tensor], Tensor]:
+    from minidit.guidance import classifier_free_guidance
+
+    return classifier_free_guidance(model, cond, null_cond, scale)
+
+
+def _cfg_cases() -> list[Case]:
+    cond, null_cond = torch.tensor([0, 1, 2, 0]), torch.full((4,), 3)
+    return [Case(f"labels {cond.tolist()}, null label 3, scale={scale}", (_toy_conditional_velocity, cond, null_cond, scale))
+            for scale in (1.0, 0.0, 1.5, 4.0)]
+
+
+register(Check(
+    name="cfg",
+    reference=_cfg_reference,
+    cases=_cfg_cases,
+    hint="return a function velocity_fn(x, t) = v_u + scale (v_c - v_u) with v_c = model(x, t, cond) and "
+    "v_u = model(x, t, null_cond); scale 1 is the conditional model, scale 0 the unconditional one",
+    evaluate=lambda velocity_fn: velocity_fn(_CFG_X.clone(), _CFG_T.clone()),
+))

@@ -1,0 +1,339 @@
+"""Tests for minidit.course: exercise generation, automatic checks, book.toml and the HTML book."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
+import matplotlib
+import pytest
+import torch
+
+from minidit.course import CHECKS, check
+from minidit.course.__main__ import main
+from minidit.course.book import build_book, load_book, missing_notebooks, outline, unlisted_notebooks
+from minidit.course.checks import euler_maruyama_step
+from minidit.course.exercises import exercise_source, outdated_exercises, require_nbformat
+
+matplotlib.use("Agg")
+nbformat = require_nbformat()
+ROOT = Path(__file__).resolve().parents[1]
+EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def run_notebook_in_process(path: Path) -> str:
+    """Execute a notebook's code cells in one fresh namespace (as a kernel would) and return what they printed."""
+    namespace: dict = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                exec(compile(cell.source, f"{path.name}", "exec"), namespace)
+    matplotlib.pyplot.close("all")
+    return printed.getvalue()
+
+
+def checks_called(path: Path) -> list[str]:
+    names = re.findall(r"""check\(\s*["'](\w+)["']|\(["'](\w+)["'],\s*\w+\)""", "".join(
+        c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"))
+    return sorted({a or b for a, b in names} & set(CHECKS))
+
+
+# ---- exercise generation ------------------------------------------------------------------------------------
+
+def test_exercise_source_replaces_regions_keeps_indent_and_drops_solution_only_lines():
+    source = (
+        "def f(x):\n"
+        "    y = 2\n"
+        "    # BEGIN SOLUTION\n"
+        "    # HINT: return twice x\n"
+        "    # HINT: (use y)\n"
+        "    return y * x\n"
+        "    # END SOLUTION\n"
+        "# BEGIN SOLUTION\n"
+        "z = 1\n"
+        "# END SOLUTION\n"
+        "result = f(3)\n"
+        "assert result == 6  # SOLUTION-ONLY"
+    )
+    assert exercise_source(source) == (
+        "def f(x):\n"
+        "    y = 2\n"
+        "    raise NotImplementedError('Exercise: return twice x (use y)')\n"
+        "raise NotImplementedError('Exercise: complete this code (see the text above)')\n"
+        "result = f(3)"
+    )
+
+
+@pytest.mark.parametrize("source", ["# BEGIN SOLUTION\nx = 1", "x = 1\n# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"])
+def test_exercise_source_rejects_unbalanced_markers(source):
+    with pytest.raises(ValueError, match="SOLUTION"):
+        exercise_source(source, "demo.ipynb, cell 0")
+
+
+def test_exercises_are_up_to_date():
+    assert SOLUTIONS, "no solution notebooks found"
+    assert outdated_exercises(ROOT / "solutions", ROOT / "exercises") == [], "run `python -m minidit.course build-exercises`"
+
+
+def test_check_exercises_cli_detects_a_stale_exercise(tmp_path, capsys):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "01_demo.ipynb").write_text((ROOT / "solutions" / "02_predictions.ipynb").read_text())
+    assert main(["--root", str(tmp_path), "build-exercises"]) == 0
+    assert main(["--root", str(tmp_path), "check-exercises"]) == 0
+    exercise = tmp_path / "exercises" / "01_demo.ipynb"
+    exercise.write_text(exercise.read_text().replace("NotImplementedError", "NotImplemented"))
+    assert main(["--root", str(tmp_path), "check-exercises"]) == 1
+    assert "01_demo.ipynb: differs from its solution" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_exercise_as_shipped_runs_to_the_end_reporting_not_implemented(path):
+    names = checks_called(path)
+    assert names, f"{path.name} calls no check"
+    printed = run_notebook_in_process(path)
+    for name in names:
+        assert f"{name}: not implemented yet" in printed
+    assert "✓" not in printed and "✗" not in printed
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solution_passes_its_checks(path):
+    names = checks_called(path)
+    assert names, f"{path.name} calls no check"
+    printed = run_notebook_in_process(path)
+    for name in names:
+        assert re.search(rf"✓ {name}: all \d+ cases pass", printed), printed
+
+
+# ---- the checks ---------------------------------------------------------------------------------------------
+
+def _perturbed(output):
+    """The output moved by 1e-3 relative: tensors shifted, the last part of a tuple shifted, functions wrapped."""
+    if callable(output):
+        return lambda *args: _perturbed(output(*args))
+    if isinstance(output, tuple):
+        return (*output[:-1], _perturbed(output[-1]))
+    return output + 1e-3 * (1 + output.abs())
+
+
+def _t_full(x, t):
+    return torch.full((x.shape[0],), t)
+
+
+def _convert_with_score_sign_flipped(pred, x_t, t, interpolant, src, dst):
+    """The classic slip: score = +eps / sigma instead of -eps / sigma."""
+    convert = CHECKS["convert"].reference
+    out = convert(-pred if src == "score" else pred, x_t, t, interpolant, src, dst)
+    return -out if dst == "score" else out
+
+
+# One typical learner mistake per check; a new check must add its own (see test_every_check_has_a_typical_mistake).
+MISTAKES = {
+    "interpolant": lambda name, t: tuple(c if i < 3 else -c  # d_sigma with the wrong sign
+                                          for i, c in enumerate(CHECKS["interpolant"].reference(name, t))),
+    "convert": _convert_with_score_sign_flipped,
+    "logit_normal_density": lambda t, m, s: torch.exp(-0.5 * ((torch.log(t / (1 - t)) - m) / s) ** 2) / (s * math.sqrt(2 * math.pi)),
+    "mode_sample": lambda u, s: 1 - u + s * (torch.cos(0.5 * math.pi * u) ** 2 - 1 + u),
+    "euler_step": lambda v, x, t, t_next: x + (t - t_next) * v(x, _t_full(x, t)),
+    "heun_step": lambda v, x, t, t_next: x - (t - t_next) * v(x - (t - t_next) * v(x, _t_full(x, t)), _t_full(x, t_next)),
+    "euler_maruyama_step": lambda v, s, x, t, t_next, w, z: x - (t - t_next) * (v(x, _t_full(x, t)) + w * s(x, _t_full(x, t))) + math.sqrt(2 * w * (t - t_next)) * z,
+    "cfg": lambda model, cond, null, scale: lambda x, t: model(x, t, cond) + scale * (model(x, t, cond) - model(x, t, null)),
+}
+
+
+def test_every_check_has_a_typical_mistake():
+    assert set(MISTAKES) == set(CHECKS)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_reference_passes_its_own_check(name):
+    assert check(name, CHECKS[name].reference).status == "pass"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_each_check_catches_a_small_perturbation(name):
+    reference = CHECKS[name].reference
+    result = check(name, lambda *args: _perturbed(reference(*args)))
+    assert result.status == "fail" and "max abs error" in result.message
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_each_check_catches_a_typical_mistake(name):
+    assert check(name, MISTAKES[name]).status == "fail"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_unfinished_and_crashing_functions_are_reported_not_raised(name, capsys):
+    def unfinished(*args):
+        raise NotImplementedError("Exercise: fill in")
+
+    def crashing(*args):
+        raise ValueError("shapes do not match")
+
+    result = check(name, unfinished)
+    assert (result.status, capsys.readouterr().out.strip()) == ("not_implemented", result.message)
+    assert f"{name}: not implemented yet" in result.message
+    result = check(name, crashing)
+    assert result.status == "fail" and "case 1 of" in result.message and "ValueError: shapes do not match" in result.message
+
+
+def test_failure_message_names_the_case_the_part_and_the_shapes():
+    def wrong_shape(name, t):
+        alpha, sigma, d_alpha, d_sigma = CHECKS["interpolant"].reference(name, t)
+        return alpha, sigma, d_alpha, d_sigma[..., None]
+
+    result = check("interpolant", wrong_shape)
+    assert "case 1 of" in result.message and "name='linear'" in result.message
+    assert "d_sigma: expected shape (11,), got shape (11, 1)" in result.message and "hint:" in result.message
+
+
+def test_unknown_check_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid checks are: .*'interpolant'"):
+        check("interpolent", lambda: None)
+
+
+def test_euler_maruyama_reference_is_the_step_minidit_sample_sde_takes():
+    from minidit.samplers import sample_sde
+
+    velocity, score = (lambda x, t: torch.sin(x) - t[:, None]), (lambda x, t: -x / (1 + t[:, None]))
+    x, time_eps, w = torch.randn(6, 3), 0.2, 0.7
+    expected = sample_sde(velocity, x, "linear", steps=1, diffusion="constant", diffusion_scale=w, score_fn=score,
+                          time_eps=time_eps, last_step="none", generator=torch.Generator().manual_seed(7)).samples
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    got = euler_maruyama_step(velocity, score, x, 1 - time_eps, time_eps, w, noise)
+    torch.testing.assert_close(got, expected)
+
+
+# ---- book.toml ----------------------------------------------------------------------------------------------
+
+def test_book_lists_every_notebook_and_every_listed_notebook_exists():
+    book = load_book(ROOT / "book.toml")
+    assert unlisted_notebooks(book, ROOT) == []
+    assert missing_notebooks(book, ROOT) == []
+
+
+def test_planned_status_is_only_used_while_the_lecture_is_missing():
+    for chapter in load_book(ROOT / "book.toml").chapters:
+        if chapter.status == "planned":
+            assert not (ROOT / chapter.lecture).exists(), f"{chapter.lecture} exists: remove status = \"planned\" from chapter {chapter.id!r}"
+
+
+def test_book_run_times_are_measured_or_say_so():
+    for chapter in load_book(ROOT / "book.toml").chapters:
+        for value in (chapter.quick_run_time, chapter.full_run_time):
+            assert value == "not measured yet" or re.match(r"^\d+(\.\d+)? (s|min) \(", value), value
+
+
+@pytest.mark.parametrize("entry, error", [
+    ('id = "a"\ntitle = "A"\nlecture = "x.ipynb"\nlength = 3', "unknown key"),
+    ('id = "a"\ntitle = "A"\nlecture = "x.ipynb"\nprerequisites = ["b"]', "earlier chapter"),
+    ('id = "a"\ntitle = "A"\nexercise = "x.ipynb"', "both an exercise and its solution"),
+    ('id = "a"\ntitle = "A"\nlecture = "x.ipynb"\nstatus = "soon"', "valid chapter statuss are"),
+])
+def test_load_book_rejects_bad_chapters(tmp_path, entry, error):
+    (tmp_path / "book.toml").write_text(f'title = "T"\n[[chapter]]\n{entry}\n')
+    with pytest.raises(ValueError, match=error):
+        load_book(tmp_path / "book.toml")
+
+
+def test_outline_lists_the_chapters_in_order(capsys):
+    assert main(["--root", str(ROOT), "outline"]) == 0
+    printed = capsys.readouterr().out
+    book = load_book(ROOT / "book.toml")
+    assert printed == outline(book) and printed.startswith(f"# {book.title}\n")
+    positions = [printed.index(f"{number}. **{chapter.title}**") for number, chapter in enumerate(book.chapters, start=1)]
+    assert positions == sorted(positions)
+
+
+# ---- the HTML book --------------------------------------------------------------------------------------------
+
+class LinkCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []  # (text of <a> or "img", href/src)
+        self.title, self._in_title, self._href = "", False, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self._in_title = tag == "title"
+        if tag == "a" and attrs.get("href"):
+            self._href = attrs["href"]
+            self.links.append(("", self._href))
+        if tag == "img" and attrs.get("src"):
+            self.links.append(("img", attrs["src"]))
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        if self._href is not None:
+            self.links[-1] = (self.links[-1][0] + data, self._href)
+
+    def handle_endtag(self, tag):
+        self._in_title = False if tag == "title" else self._in_title
+        self._href = None if tag == "a" else self._href
+
+
+def parse(path: Path) -> LinkCollector:
+    collector = LinkCollector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    return collector
+
+
+def local_targets(page: Path) -> list[Path]:
+    """Files the page links to inside the book (skips http(s), data: URIs and in-page anchors)."""
+    targets = []
+    for _, url in parse(page).links:
+        parsed = urlparse(url)
+        if not parsed.scheme and parsed.path:
+            targets.append((page.parent / parsed.path).resolve())
+    return targets
+
+
+@pytest.fixture(scope="module")
+def repo_book(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    build_book(ROOT, out)
+    return out
+
+
+def test_book_pages_exist_for_every_existing_notebook_and_all_links_resolve(repo_book):
+    book = load_book(ROOT / "book.toml")
+    expected = {Path(p).with_suffix(".html").as_posix() for c in book.chapters for _, p in c.notebooks() if (ROOT / p).exists()}
+    pages = {p.relative_to(repo_book).as_posix() for p in repo_book.rglob("*.html")}
+    assert pages == expected | {"index.html"}
+    for page in repo_book.rglob("*.html"):
+        for target in local_targets(page):
+            assert target.exists(), f"{page.name} links to missing {target}"
+    index_targets = {t.relative_to(repo_book.resolve()).as_posix() for t in local_targets(repo_book / "index.html")}
+    assert index_targets == expected
+
+
+def test_book_next_links_visit_every_page_in_book_order(repo_book):
+    book = load_book(ROOT / "book.toml")
+    order = [Path(p).with_suffix(".html").as_posix() for c in book.chapters for _, p in c.notebooks() if (ROOT / p).exists()]
+    page, visited = (repo_book / order[0]).resolve(), []
+    while page is not None:
+        visited.append(page.relative_to(repo_book.resolve()).as_posix())
+        links = dict((text, url) for text, url in parse(page).links)
+        page = (page.parent / links["next →"]).resolve() if "next →" in links else None
+    assert visited == order
+    chapter = book.chapters[1]
+    assert parse(repo_book / Path(chapter.solution).with_suffix(".html")).title == f"{chapter.title} (solution)"
+
+
+def test_build_book_executes_a_notebook_and_embeds_its_figure(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os\nimport matplotlib.pyplot as plt\nprint('quick =', os.environ['MINIDIT_QUICK'])\nplt.plot([0, 1], [1, 0])\nplt.show()")])
+    nbformat.write(notebook, tmp_path / "notebooks" / "01_tiny.ipynb")
+    (tmp_path / "book.toml").write_text('title = "Tiny"\n[[chapter]]\nid = "tiny"\ntitle = "Tiny chapter"\nlecture = "notebooks/01_tiny.ipynb"\n')
+    timings = build_book(tmp_path, tmp_path / "_book", execute=True, timeout=120)
+    assert list(timings) == ["notebooks/01_tiny.ipynb"] and timings["notebooks/01_tiny.ipynb"] > 0
+    page = (tmp_path / "_book" / "notebooks" / "01_tiny.html").read_text()
+    assert "quick = 1" in page and re.search(r'<img [^>]*src="data:image/png;base64,', page)
