@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -235,6 +236,24 @@ def get_target(name: str) -> GaussianMixture:
         ValueError: for an unknown name, listing the valid ones.
     """
     return TARGETS[check_choice("target", name, TARGETS)]()
+
+
+class ToyData:
+    """Training batches of a toy target for ``minidit.train.Trainer``; batch ``step`` depends only on ``(seed, step)``.
+
+    Args:
+        target: a name from ``TARGETS``.
+        seed: base seed; resuming a run at step ``k`` draws exactly the batches the uninterrupted run drew.
+    """
+
+    def __init__(self, target: str = "8gaussians", seed: int = 0):
+        self.target, self.seed = get_target(target), seed
+
+    def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict]:
+        """Return ``(points (B, D), {})``, the same for the same ``step``."""
+        # torch's CPU generator keeps only 32 bits of a seed, so mix (seed, step) into 32 bits first
+        mixed = int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0])
+        return self.target.sample(batch_size, generator=torch.Generator().manual_seed(mixed)), {}
 
 
 class ToyMLP(nn.Module):

@@ -1,0 +1,119 @@
+"""Checkpoints: everything a training run needs to continue exactly where it stopped, written atomically.
+
+A checkpoint holds the model, its EMA, the optimizer and scheduler states, every random number generator the
+run draws from and the step, so a resumed run reproduces the uninterrupted run's losses bit for bit; it is
+written to a temporary file, synced and renamed over the old one, so a crash never leaves a half-written file.
+Training recipe from DiT (arXiv 2212.09748, Sec. 4: AdamW, EMA 0.9999); used by minidit/train.py and the
+``python -m minidit train --resume`` CLI (notebooks/04_dit_shapes.ipynb).
+
+Everything is stored as tensors and plain Python types, so it loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "minidit-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: unreadable, truncated, or from a different run."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``.
+
+    A crash while writing leaves the previous file at ``path`` untouched (at worst a stray ``.tmp`` file).
+
+    Args:
+        state: tensors and plain Python containers (what ``torch.load(weights_only=True)`` accepts).
+        path: destination file; its folder is created if needed.
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint`` with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        CheckpointError: if the file is truncated, corrupt or not a minidit checkpoint; the message names the
+            file and the fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the path of a .pt file written by training")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read (truncated or corrupt: {type(error).__name__}: {error}). "
+            "Delete it and resume from an earlier checkpoint, or train again."
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a minidit checkpoint (expected format {FORMAT!r}); "
+            "pass a file written by minidit.train.Trainer.save or `python -m minidit train`"
+        )
+    return state
+
+
+def _numpy_state_to_plain(state: dict[str, Any]) -> dict[str, Any]:
+    """``np.random.get_state(legacy=False)`` with its uint32 key array as an int64 tensor."""
+    inner = state["state"]
+    return {**state, "state": {"key": torch.from_numpy(inner["key"].astype(np.int64)), "pos": int(inner["pos"])}}
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> dict[str, Any]:
+    inner = state["state"]
+    return {**state, "state": {"key": inner["key"].numpy().astype(np.uint32), "pos": inner["pos"]}}
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Capture every random number generator a training step draws from.
+
+    Args:
+        generator: the trainer's own generator (for ``t`` and ``eps``), or ``None``.
+    Returns:
+        dict with ``"torch"`` (CPU ByteTensor), ``"cuda"`` (list of ByteTensors, empty without CUDA),
+        ``"generator"``, ``"python"`` (``random.getstate()``, a tuple of ints) and ``"numpy"``.
+    """
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state() if generator is not None else None,
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_plain(np.random.get_state(legacy=False)),
+    }
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore the generators captured by ``rng_state`` (CUDA only where both runs have it)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))

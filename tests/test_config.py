@@ -1,0 +1,131 @@
+"""Tests for minidit.config: every shipped config builds, bad keys and types fail with the fix, toy data is deterministic."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from minidit.config import (ConfigError, SampleConfig, ToyData, build_data, build_model, load_config, parse_config,
+                            points_to_image, sample_shape)
+from minidit.train import TrainConfig
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+SYNTHETIC = ("toy", "shapes")
+
+
+def test_there_are_configs():
+    assert {p.stem for p in CONFIGS} >= {"toy_8gaussians", "shapes_dit_tiny", "cifar10_dit_s2", "imagenet64_dit_b2"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_builds_its_model_and_synthetic_data(path):
+    experiment = load_config(path)
+    assert isinstance(experiment.train, TrainConfig) and isinstance(experiment.sample, SampleConfig)
+    small = experiment.data["name"] in SYNTHETIC
+    with torch.device("cpu" if small else "meta"):  # the GPU-sized models are only checked, not allocated
+        model = build_model(experiment.model, experiment.source)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    if not small:
+        return
+    torch.manual_seed(0)
+    data = build_data(experiment.data, experiment.source)
+    x, model_kwargs = data.get_batch(0, 3)
+    assert x.shape == (3, *sample_shape(model))
+    if "y" in model_kwargs:
+        assert model.config.num_classes == data.num_classes
+    out = model(x, torch.full((3,), 0.5), **model_kwargs)
+    assert out.shape == x.shape
+
+
+def test_dit_preset_gives_the_papers_sizes():
+    with torch.device("meta"):
+        model = build_model({"type": "dit", "preset": "DiT-S/2", "input_size": 32, "in_channels": 3, "num_classes": 10})
+    assert (model.config.depth, model.config.hidden_size, model.config.num_heads, model.config.patch_size) == (12, 384, 6, 2)
+
+
+def test_mlp_builds_with_the_exact_parameter_count():
+    model = build_model({"type": "mlp", "dim": 2, "hidden": 8, "depth": 2, "time_dim": 4})
+    # time MLP 4*8+8 + 8*8+8, input 2*8+8, one hidden 8*8+8, output 8*2+2
+    assert sum(p.numel() for p in model.parameters()) == 40 + 72 + 24 + 72 + 18
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.toml"
+    path.write_text('[model]\ntype = "mlp"\ndim = 2\n[data]\nname = "toy"\n' + text)
+    return path
+
+
+def test_unknown_train_key_names_it_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"exp\.toml: unknown key 'warmup_step' in \[train\]; did you mean 'warmup_steps'\?"):
+        load_config(write(tmp_path, "[train]\nwarmup_step = 10\n"))
+
+
+def test_unknown_model_and_data_keys_fail_when_built(tmp_path):
+    experiment = parse_config({"model": {"type": "mlp", "dim": 2, "hiden": 8}, "data": {"name": "toy", "targte": "rings"}})
+    with pytest.raises(ConfigError, match=r"'hiden' in \[model\]; did you mean 'hidden'"):
+        build_model(experiment.model)
+    with pytest.raises(ConfigError, match=r"'targte' in \[data\]; did you mean 'target'"):
+        build_data(experiment.data)
+    with pytest.raises(ConfigError, match=r"'hiden_size' in \[model\]; did you mean 'hidden_size'"):
+        build_model({"type": "dit", "preset": "DiT-S/2", "hiden_size": 8})
+
+
+def test_unknown_section_and_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trian' in \[top level\]; did you mean 'train'"):
+        load_config(write(tmp_path, "[trian]\nsteps = 1\n"))
+    with pytest.raises(ValueError, match="valid model types are: 'mlp', 'dit'"):
+        build_model({"type": "unet"})
+    with pytest.raises(ValueError, match="valid data names are"):
+        build_data({"name": "mnist"})
+
+
+def test_mistyped_values_fail_and_ints_widen_to_floats(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[train\] steps = 'ten' has type str, expected int"):
+        load_config(write(tmp_path, '[train]\nsteps = "ten"\n'))
+    with pytest.raises(ConfigError, match=r"\[train\] compile = 1 has type int, expected bool"):
+        load_config(write(tmp_path, "[train]\ncompile = 1\n"))
+    train = load_config(write(tmp_path, "[train]\nlr = 1\nbetas = [0.9, 0.95]\n")).train
+    assert train.lr == 1.0 and isinstance(train.lr, float) and train.betas == (0.9, 0.95)
+
+
+def test_to_dict_round_trips():
+    experiment = load_config(CONFIGS[0])
+    again = parse_config(experiment.to_dict())
+    assert again.to_dict() == experiment.to_dict()
+
+
+def test_toy_batches_depend_only_on_seed_and_step():
+    data = ToyData("8gaussians", seed=1)
+    assert torch.equal(data.get_batch(3, 16)[0], data.get_batch(3, 16)[0])
+    assert not torch.equal(data.get_batch(3, 16)[0], data.get_batch(4, 16)[0])
+    assert not torch.equal(data.get_batch(3, 16)[0], ToyData("8gaussians", seed=2).get_batch(3, 16)[0])
+    points = data.get_batch(0, 4000)[0]
+    radii = points.norm(dim=1)  # the 8 modes sit on one circle
+    assert radii.std() < 0.2 * radii.mean()
+
+
+def test_points_to_image_places_points_in_the_right_pixels():
+    points = torch.tensor([[-0.75, 0.75], [-0.75, 0.75], [0.25, -0.25]])  # extent 1, 4x4 grid: cell width 0.5
+    image = points_to_image(points, extent=1.0, resolution=4)[0, 0]
+    expected = -torch.ones(4, 4)
+    expected[0, 0] = 1.0  # top-left: x in [-1, -0.5], y in [0.5, 1], two points (the maximum)
+    expected[2, 2] = 0.0  # x in [0, 0.5], y in [-0.5, 0]: one point, half the maximum
+    assert torch.equal(image, expected)
+
+
+def test_generate_converts_a_data_prediction_and_lands_where_the_straight_path_does():
+    from minidit.config import generate
+    from minidit.toy import ToyMLP
+
+    target = torch.tensor([1.5, -2.0])
+
+    class PerfectDeltaModel(ToyMLP):  # the exact x0-prediction for data concentrated at one point
+        def forward(self, x, t):
+            return target.expand_as(x)
+
+    train = TrainConfig(prediction="data")  # trained on [1e-3, 1 - 1e-3], so sampling runs over it too
+    sample = SampleConfig(n=5, steps=3, method="euler", seed=4)
+    samples = generate(PerfectDeltaModel(2), train, sample)
+    noise = torch.randn(5, 2, generator=torch.Generator().manual_seed(4))
+    # v = (x - x0) / t: Euler follows the straight line exactly, x(t) = x0 + (t / t_start) (x1 - x0)
+    expected = target + (1e-3 / (1 - 1e-3)) * (noise - target)
+    torch.testing.assert_close(samples, expected, rtol=0, atol=1e-5)

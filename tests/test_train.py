@@ -1,0 +1,165 @@
+"""Tests for minidit.train: exact resume, EMA algebra, warm-up values, per-time-bin logging, sample grids."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from minidit.train import EMA, TrainConfig, Trainer, bin_losses, warmup_factor
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors train faster on one thread; spinning OpenMP threads slow them down on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyNet(nn.Module):
+    """A small velocity model with dropout (draws from the global RNG) and a BatchNorm (buffers)."""
+
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, 16), nn.BatchNorm1d(16), nn.SiLU(), nn.Dropout(0.2), nn.Linear(16, dim))
+
+    def forward(self, x, t):
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+class ShiftedGaussians:
+    """Deterministic batches: batch ``step`` comes from a generator seeded with ``step``."""
+
+    def get_batch(self, step, batch_size):
+        g = torch.Generator().manual_seed(1000 + step)
+        return torch.randn(batch_size, 2, generator=g) + 3.0, {}
+
+
+def make_trainer(tmp_path=None, **overrides):
+    torch.manual_seed(0)
+    settings = dict(steps=10, batch_size=32, lr=1e-2, warmup_steps=3, ema_decay=0.9, log_every=1,
+                    time_sampler="logit_normal", progress=False, device="cpu")
+    settings.update(overrides)
+    return Trainer(TinyNet(), ShiftedGaussians(), TrainConfig(**settings))
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    straight = make_trainer()
+    losses_straight = [r["loss"] for r in straight.train()]
+
+    first = make_trainer()
+    first.train(5)
+    first.save(tmp_path / "ckpt.pt")
+    torch.manual_seed(123)  # disturb every RNG the resumed run depends on
+    np.random.seed(123)
+    second = make_trainer()
+    second.model.net[0].weight.data.fill_(7.0)
+    second.resume(tmp_path / "ckpt.pt")
+    assert second.step == 5
+    losses_resumed = [r["loss"] for r in first.history] + [r["loss"] for r in second.train()]
+
+    assert len(losses_straight) == 10
+    assert losses_resumed == losses_straight  # bit-for-bit
+    for a, b in zip(straight.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.model.state_dict().values(), second.ema.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_training_reduces_the_loss():
+    trainer = make_trainer(steps=90, log_every=30, warmup_steps=0)
+    history = trainer.train()
+    assert [r["step"] for r in history] == [30, 60, 90]
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+
+
+def test_ema_update_is_the_exponential_average():
+    torch.manual_seed(0)
+    model = TinyNet()
+    ema = EMA(model, decay=0.75)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.train()(torch.randn(8, 2), torch.rand(8))  # moves the BatchNorm running stats and counter
+    ema.update(model)
+    current = model.state_dict()
+    for name, value in ema.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * before[name] + 0.25 * current[name], rtol=0, atol=1e-6)
+        else:  # num_batches_tracked is copied
+            assert torch.equal(value, current[name])
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    assert not ema.model.training
+
+
+def test_warmup_learning_rates():
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    trainer = make_trainer(steps=6, lr=1e-3, warmup_steps=4)
+    lrs = [r["lr"] for r in trainer.train()]
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rel=1e-12)
+
+
+def test_bin_losses_sums_and_counts_exactly():
+    t = torch.tensor([0.05, 0.15, 0.19, 0.95, 1.0, 0.0])
+    loss = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    sums, counts = bin_losses(loss, t, bins=10)
+    assert sums.tolist() == [33.0, 6.0, 0, 0, 0, 0, 0, 0, 0, 24.0]
+    assert counts.tolist() == [2.0, 2.0, 0, 0, 0, 0, 0, 0, 0, 2.0]
+
+
+def test_logged_bins_add_up_to_the_logged_loss(tmp_path):
+    trainer = make_trainer(steps=6, log_every=3, time_bins=4, out_dir=str(tmp_path))
+    history = trainer.train()
+    for record in history:
+        assert sum(record["bin_count"]) == 3 * 32
+        total = sum(m * c for m, c in zip(record["bin_loss"], record["bin_count"]) if c)
+        assert total / sum(record["bin_count"]) == pytest.approx(record["loss"], rel=1e-5)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [3, 6]
+    assert lines[1]["loss"] == history[1]["loss"]
+
+
+def test_sample_grid_maps_minus_one_one_to_pixels(tmp_path):
+    def sample_fn(ema_model, step):
+        images = torch.full((4, 3, 8, 8), -1.0)
+        images[:, 0] = 1.0  # red channel at full intensity
+        images[:, 1] = 0.0  # green at mid grey
+        return images
+
+    trainer = Trainer(TinyNet(), ShiftedGaussians(), TrainConfig(steps=4, batch_size=8, sample_every=2, log_every=2,
+                                                                progress=False, device="cpu", out_dir=str(tmp_path)),
+                      sample_fn=sample_fn)
+    trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("samples_*.png")) == ["samples_0000002.png", "samples_0000004.png"]
+    pixels = np.asarray(Image.open(tmp_path / "samples_0000004.png"))  # 2 x 2 grid with 2-pixel padding
+    assert pixels.shape == (2 + 2 * 10, 2 + 2 * 10, 3)
+    assert pixels[5, 5].tolist() == [255, 128, 0]
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_non_finite_loss_raises_with_a_fix():
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t):
+            return x * self.w * float("inf")
+
+    trainer = Trainer(Exploding(), ShiftedGaussians(), TrainConfig(steps=1, batch_size=4, progress=False, device="cpu"))
+    with pytest.raises(FloatingPointError, match="lower train.lr"):
+        trainer.train()
+
+
+def test_config_rejects_bad_names_and_values():
+    with pytest.raises(ValueError, match="valid predictions are"):
+        TrainConfig(prediction="epsilon")
+    with pytest.raises(ValueError, match="valid precisions are"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.5)
