@@ -88,7 +88,7 @@ def figure_output(nbformat):
 
 @pytest.fixture(scope="module")
 def tiny_book(tmp_path_factory) -> Path:
-    """A two-chapter book whose second lecture shows a figure."""
+    """A two-chapter book whose second lecture shows a figure and whose second chapter has two exercises."""
     nbformat = require_nbformat()
     root = tmp_path_factory.mktemp("tiny_book")
     (root / "notebooks").mkdir()
@@ -96,10 +96,17 @@ def tiny_book(tmp_path_factory) -> Path:
         cell = nbformat.v4.new_code_cell("plt.plot([0, 1, 2], [0, 1, 0])", outputs=[figure_output(nbformat)], execution_count=1)
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Lecture {name}"), cell])
         nbformat.write(notebook, root / "notebooks" / f"0{number}_{name}.ipynb")
+    for folder in ("exercises", "solutions"):
+        (root / folder).mkdir()
+        for name in ("03_gamma", "04_delta"):
+            notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {folder} {name}")])
+            nbformat.write(notebook, root / folder / f"{name}.ipynb")
     (root / "book.toml").write_text(
         'title = "Tiny book"\n'
         '[[chapter]]\nid = "alpha"\ntitle = "Alpha chapter"\nlecture = "notebooks/01_alpha.ipynb"\n'
         '[[chapter]]\nid = "beta"\ntitle = "Beta chapter"\nlecture = "notebooks/02_beta.ipynb"\nprerequisites = ["alpha"]\n'
+        'exercises = ["exercises/03_gamma.ipynb", "exercises/04_delta.ipynb"]\n'
+        'solutions = ["solutions/03_gamma.ipynb", "solutions/04_delta.ipynb"]\n'
     )
     build_book(root, root / "_book")
     return root / "_book"
@@ -119,6 +126,11 @@ def test_toc_link_opens_the_chapter_page_and_its_figure_renders(tiny_book, tmp_p
         assert screenshot.startswith(b"\x89PNG")
         (ROOT / "runs").mkdir(exist_ok=True)
         (ROOT / "runs" / "book_screenshot.png").write_bytes(screenshot)
+        browser.evaluate("[...document.querySelectorAll('a')].find(a => a.textContent === 'solution 04_delta').click()")
+        browser.wait_for("location.href.endsWith('/solutions/04_delta.html') && document.readyState === 'complete'")
+        assert browser.evaluate("document.title") == "Beta chapter (solution 04_delta)"
+        browser.evaluate("[...document.querySelectorAll('a')].find(a => a.textContent === 'lecture').click()")
+        browser.wait_for("location.href.endsWith('/notebooks/02_beta.html') && document.readyState === 'complete'")
         browser.evaluate("[...document.querySelectorAll('a')].find(a => a.textContent === '← previous').click()")
         browser.wait_for("location.href.endsWith('/notebooks/01_alpha.html') && document.readyState === 'complete'")
         assert browser.evaluate("document.title") == "Alpha chapter (lecture)"

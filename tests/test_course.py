@@ -20,6 +20,8 @@ from minidit.course.checks import euler_maruyama_step
 from minidit.course.exercises import exercise_source, outdated_exercises, require_nbformat
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
 nbformat = require_nbformat()
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))
@@ -34,7 +36,7 @@ def run_notebook_in_process(path: Path) -> str:
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
                 exec(compile(cell.source, f"{path.name}", "exec"), namespace)
-    matplotlib.pyplot.close("all")
+    plt.close("all")
     return printed.getvalue()
 
 
@@ -126,6 +128,49 @@ def _t_full(x, t):
     return torch.full((x.shape[0],), t)
 
 
+def _patchify_channels_first(x, p):
+    """Each token lists its pixels channel by channel, (C, p, p), instead of pixel by pixel with channels last."""
+    n, c, height, width = x.shape
+    return x.reshape(n, c, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, p * p * c)
+
+
+def _unpatchify_transposing_patches(tokens, grid_shape, p):
+    """Swaps the row and column inside each patch: permute (0, 5, 1, 4, 2, 3) instead of (0, 5, 1, 3, 2, 4)."""
+    n, _, d = tokens.shape
+    (h, w), c = grid_shape, d // (p * p)
+    return tokens.reshape(n, h, w, p, p, c).permute(0, 5, 1, 4, 2, 3).reshape(n, c, h * p, w * p)
+
+
+def _block_without_one_plus_scale(block, x, c, grid_shape):
+    """adaLN with h * scale + shift instead of h * (1 + scale) + shift."""
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (p.unsqueeze(1) for p in block.modulation(c).chunk(6, dim=-1))
+    x = x + gate_msa * block.attn(block.norm1(x) * scale_msa + shift_msa, grid_shape)
+    return x + gate_mlp * block.mlp(block.norm2(x) * scale_mlp + shift_mlp)
+
+
+def _rope_frequencies_over_head_dim(grid_shape, head_dim, theta):
+    """Each axis uses 1-D RoPE's frequencies theta^(-2i / head_dim) instead of theta^(-2i / d_axis)."""
+    rows, columns = torch.meshgrid(torch.arange(grid_shape[0]), torch.arange(grid_shape[1]), indexing="ij")
+    frequencies = theta ** (-torch.arange(0, head_dim, 2) / head_dim)  # (Dh // 2,)
+    column_pairs = head_dim // 4
+    row_pairs = head_dim // 2 - column_pairs
+    return torch.cat([rows.reshape(-1, 1) * frequencies[:row_pairs], columns.reshape(-1, 1) * frequencies[:column_pairs]], dim=-1)
+
+
+def _qk_norm_over_all_heads(q, k, query_weight, key_weight):
+    """One RMS per token over the whole width H * Dh (as if normalising before splitting heads) instead of per head."""
+    def normalise(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(dim=(1, 3), keepdim=True) + 1e-6) * weight
+
+    return normalise(q, query_weight), normalise(k, key_weight)
+
+
+def _rotate_half(x, angles):
+    """GPT-NeoX RoPE: pairs (x[i], x[i + Dh / 2]) instead of adjacent pairs (x[2i], x[2i + 1])."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * angles.cos() - second * angles.sin(), first * angles.sin() + second * angles.cos()], dim=-1)
+
+
 def _convert_with_score_sign_flipped(pred, x_t, t, interpolant, src, dst):
     """The classic slip: score = +eps / sigma instead of -eps / sigma."""
     convert = CHECKS["convert"].reference
@@ -144,6 +189,13 @@ MISTAKES = {
     "heun_step": lambda v, x, t, t_next: x - (t - t_next) * v(x - (t - t_next) * v(x, _t_full(x, t)), _t_full(x, t_next)),
     "euler_maruyama_step": lambda v, s, x, t, t_next, w, z: x - (t - t_next) * (v(x, _t_full(x, t)) + w * s(x, _t_full(x, t))) + math.sqrt(2 * w * (t - t_next)) * z,
     "cfg": lambda model, cond, null, scale: lambda x, t: model(x, t, cond) + scale * (model(x, t, cond) - model(x, t, null)),
+    "patchify": _patchify_channels_first,
+    "unpatchify": _unpatchify_transposing_patches,
+    "adaln_zero_block": _block_without_one_plus_scale,
+    "rope_frequencies": _rope_frequencies_over_head_dim,
+    "rope": _rotate_half,
+    "rms_norm": lambda x, weight: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6) * weight,
+    "qk_norm": _qk_norm_over_all_heads,
 }
 
 
@@ -233,13 +285,33 @@ def test_book_run_times_are_measured_or_say_so():
 @pytest.mark.parametrize("entry, error", [
     ('id = "a"\ntitle = "A"\nlecture = "x.ipynb"\nlength = 3', "unknown key"),
     ('id = "a"\ntitle = "A"\nlecture = "x.ipynb"\nprerequisites = ["b"]', "earlier chapter"),
-    ('id = "a"\ntitle = "A"\nexercise = "x.ipynb"', "both an exercise and its solution"),
+    ('id = "a"\ntitle = "A"\nexercise = "exercises/01_a.ipynb"\nsolution = "solutions/01_a.ipynb"', "unknown key.*'exercises'"),
+    ('id = "a"\ntitle = "A"\nexercises = "exercises/01_a.ipynb"\nsolutions = ["solutions/01_a.ipynb"]', "exercises must be a list"),
+    ('id = "a"\ntitle = "A"\nexercises = ["exercises/01_a.ipynb"]', "list every exercise with its solution"),
+    ('id = "a"\ntitle = "A"\nexercises = ["exercises/01_a.ipynb", "exercises/02_b.ipynb"]\n'
+     'solutions = ["solutions/02_b.ipynb", "solutions/01_a.ipynb"]', "solution of the same file name"),
     ('id = "a"\ntitle = "A"\nlecture = "x.ipynb"\nstatus = "soon"', "valid chapter statuss are"),
 ])
 def test_load_book_rejects_bad_chapters(tmp_path, entry, error):
     (tmp_path / "book.toml").write_text(f'title = "T"\n[[chapter]]\n{entry}\n')
     with pytest.raises(ValueError, match=error):
         load_book(tmp_path / "book.toml")
+
+
+def test_chapter_lists_each_exercise_then_its_solution_and_labels_them_by_name(tmp_path):
+    (tmp_path / "book.toml").write_text(
+        'title = "T"\n[[chapter]]\nid = "a"\ntitle = "A"\nlecture = "notebooks/01_a.ipynb"\n'
+        'exercises = ["exercises/01_x.ipynb", "exercises/02_y.ipynb"]\n'
+        'solutions = ["solutions/01_x.ipynb", "solutions/02_y.ipynb"]\n'
+        '[[chapter]]\nid = "b"\ntitle = "B"\nexercises = ["exercises/03_z.ipynb"]\nsolutions = ["solutions/03_z.ipynb"]\n')
+    first, second = load_book(tmp_path / "book.toml").chapters
+    assert first.notebooks() == [("lecture", "notebooks/01_a.ipynb"),
+                                 ("exercise", "exercises/01_x.ipynb"), ("solution", "solutions/01_x.ipynb"),
+                                 ("exercise", "exercises/02_y.ipynb"), ("solution", "solutions/02_y.ipynb")]
+    assert [first.label(kind, path) for kind, path in first.notebooks()] == [
+        "lecture", "exercise 01_x", "solution 01_x", "exercise 02_y", "solution 02_y"]
+    assert [second.label(kind, path) for kind, path in second.notebooks()] == ["exercise", "solution"]
+    assert "   - solution: [`solutions/02_y.ipynb`](solutions/02_y.ipynb)\n" in outline(load_book(tmp_path / "book.toml"))
 
 
 def test_outline_lists_the_chapters_in_order(capsys):
@@ -324,7 +396,18 @@ def test_book_next_links_visit_every_page_in_book_order(repo_book):
         page = (page.parent / links["next →"]).resolve() if "next →" in links else None
     assert visited == order
     chapter = book.chapters[1]
-    assert parse(repo_book / Path(chapter.solution).with_suffix(".html")).title == f"{chapter.title} (solution)"
+    assert parse(repo_book / Path(chapter.solutions[0]).with_suffix(".html")).title == f"{chapter.title} (solution)"
+
+
+def test_book_names_the_exercises_of_a_chapter_with_several(repo_book):
+    chapter = next(c for c in load_book(ROOT / "book.toml").chapters if c.id == "dit")
+    assert len(chapter.exercises) == 2, "the dit chapter lists 05_cfg and 06_patchify_adaln"
+    page = repo_book / "solutions" / "06_patchify_adaln.html"
+    assert parse(page).title == f"{chapter.title} (solution 06_patchify_adaln)"
+    link_texts = {text for text, _ in parse(page).links}
+    assert {"exercise 05_cfg", "solution 05_cfg", "exercise 06_patchify_adaln"} <= link_texts
+    index_links = dict(parse(repo_book / "index.html").links)
+    assert index_links["exercise 06_patchify_adaln"] == "exercises/06_patchify_adaln.html"
 
 
 def test_build_book_executes_a_notebook_and_embeds_its_figure(tmp_path):

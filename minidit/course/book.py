@@ -1,6 +1,6 @@
 """The course as a book: book.toml lists the chapters, and this module checks, outlines and renders them as HTML.
 
-Each chapter pairs a lecture notebook with an exercise and its solution; ``build_book`` (optionally) executes the
+Each chapter pairs a lecture notebook with exercises and their solutions; ``build_book`` (optionally) executes the
 notebooks with ``MINIDIT_QUICK=1`` and writes one HTML page per notebook (figures embedded as data URIs) with
 links between a chapter's pages, previous / next, and an index with the table of contents.
 This is course tooling, not a paper's method; it renders notebooks/, exercises/ and solutions/.
@@ -20,28 +20,39 @@ from minidit.validation import check_choice
 
 NOT_MEASURED = "not measured yet"
 CHAPTER_STATUSES = ("ready", "planned")
-NOTEBOOK_KINDS = ("lecture", "exercise", "solution")
 NOTEBOOK_DIRS = ("notebooks", "exercises", "solutions")
-CHAPTER_KEYS = ("id", "title", *NOTEBOOK_KINDS, "prerequisites", "status", "quick_run_time", "full_run_time")
+LIST_KEYS = ("exercises", "solutions", "prerequisites")
+CHAPTER_KEYS = ("id", "title", "lecture", *LIST_KEYS, "status", "quick_run_time", "full_run_time")
 
 
 @dataclass(frozen=True)
 class Chapter:
-    """One entry of book.toml; notebook paths are relative to the repository root, ``None`` when absent."""
+    """One entry of book.toml; notebook paths are relative to the repository root.
+
+    ``exercises[i]`` is generated from ``solutions[i]`` (same file name); ``lecture`` is ``None`` when absent.
+    """
 
     id: str
     title: str
     lecture: str | None = None
-    exercise: str | None = None
-    solution: str | None = None
+    exercises: tuple[str, ...] = ()
+    solutions: tuple[str, ...] = ()
     prerequisites: tuple[str, ...] = ()
     status: str = "ready"
     quick_run_time: str = NOT_MEASURED
     full_run_time: str = NOT_MEASURED
 
     def notebooks(self) -> list[tuple[str, str]]:
-        """``(kind, path)`` for each notebook the chapter lists, in the order lecture, exercise, solution."""
-        return [(kind, getattr(self, kind)) for kind in NOTEBOOK_KINDS if getattr(self, kind)]
+        """``(kind, path)`` for each notebook the chapter lists: the lecture, then each exercise followed by its solution."""
+        lecture = [("lecture", self.lecture)] if self.lecture else []
+        return lecture + [notebook for exercise, solution in zip(self.exercises, self.solutions)
+                          for notebook in (("exercise", exercise), ("solution", solution))]
+
+    def label(self, kind: str, path: str) -> str:
+        """Name of a notebook within the chapter: its kind, plus its file name when the chapter has several of that kind."""
+        if sum(other_kind == kind for other_kind, _ in self.notebooks()) == 1:
+            return kind
+        return f"{kind} {Path(path).stem}"
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,9 @@ def load_book(path: Path | str = "book.toml") -> Book:
     """Read and validate the course manifest.
 
     Raises:
-        ValueError: for an unknown key (listing the valid ones), a missing title or id, a duplicate id, a
-            prerequisite that is not an earlier chapter, an unknown status, or an exercise without its solution.
+        ValueError: for an unknown key (listing the valid ones), a missing title or id, a list key given as a
+            single string, a duplicate id, a prerequisite that is not an earlier chapter, an unknown status, or an
+            exercise without its solution.
     """
     with open(path, "rb") as file:
         data = tomllib.load(file)
@@ -71,7 +83,10 @@ def load_book(path: Path | str = "book.toml") -> Book:
             raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {list(CHAPTER_KEYS)}")
         if "id" not in entry or "title" not in entry:
             raise ValueError(f"{where}: every chapter needs an id and a title")
-        chapter = Chapter(**{**entry, "prerequisites": tuple(entry.get("prerequisites", ()))})
+        for key in LIST_KEYS:
+            if not isinstance(entry.get(key, []), list):
+                raise ValueError(f"{where}: {key} must be a list, e.g. {key} = [{entry[key]!r}]")
+        chapter = Chapter(**{**entry, **{key: tuple(entry.get(key, ())) for key in LIST_KEYS}})
         check_choice("chapter status", chapter.status, CHAPTER_STATUSES)
         if chapter.id in (c.id for c in chapters):
             raise ValueError(f"{where}: duplicate chapter id {chapter.id!r}")
@@ -79,12 +94,22 @@ def load_book(path: Path | str = "book.toml") -> Book:
         for prerequisite in chapter.prerequisites:
             if prerequisite not in earlier:
                 raise ValueError(f"{where}: prerequisite {prerequisite!r} must be the id of an earlier chapter: {earlier}")
-        if bool(chapter.exercise) != bool(chapter.solution):
-            raise ValueError(f"{where}: list both an exercise and its solution, or neither")
+        _check_exercises_have_solutions(chapter, where)
         if not chapter.notebooks():
             raise ValueError(f"{where}: list at least one notebook (lecture, exercise or solution)")
         chapters.append(chapter)
     return Book(data["title"], tuple(chapters))
+
+
+def _check_exercises_have_solutions(chapter: Chapter, where: str) -> None:
+    """Raise ``ValueError`` unless ``solutions[i]`` is the notebook that generates ``exercises[i]`` (same file name)."""
+    if len(chapter.exercises) != len(chapter.solutions):
+        raise ValueError(f"{where}: list every exercise with its solution; got {len(chapter.exercises)} exercise(s) "
+                         f"{list(chapter.exercises)} and {len(chapter.solutions)} solution(s) {list(chapter.solutions)}")
+    for exercise, solution in zip(chapter.exercises, chapter.solutions):
+        if Path(exercise).name != Path(solution).name:
+            raise ValueError(f"{where}: exercise {exercise!r} is generated from the solution of the same file name; "
+                             f"list solutions in the order of exercises (found {solution!r} in its place)")
 
 
 def missing_notebooks(book: Book, root: Path | str = ".") -> list[str]:
@@ -126,6 +151,11 @@ class Page:
     source: str
     target: str
 
+    @property
+    def label(self) -> str:
+        """The notebook's name within its chapter, e.g. ``"solution"`` or ``"exercise 06_patchify_adaln"``."""
+        return self.chapter.label(self.kind, self.source)
+
 
 def _pages(book: Book, root: Path) -> list[Page]:
     return [Page(chapter, kind, path, str(Path(path).with_suffix(".html").as_posix()))
@@ -140,7 +170,7 @@ def _link(from_page: str, to_page: str, text: str) -> str:
 def _navigation(page: Page, pages: list[Page]) -> str:
     """Markdown navigation bar: contents, the chapter's other pages, previous and next."""
     index = pages.index(page)
-    siblings = [f"**{p.kind}**" if p is page else _link(page.target, p.target, p.kind) for p in pages if p.chapter is page.chapter]
+    siblings = [f"**{p.label}**" if p is page else _link(page.target, p.target, p.label) for p in pages if p.chapter is page.chapter]
     parts = [_link(page.target, "index.html", "Contents"), f"{page.chapter.title}: " + " | ".join(siblings)]
     if index > 0:
         parts.append(_link(page.target, pages[index - 1].target, "← previous"))
@@ -172,12 +202,13 @@ def execute_notebook(notebook: object, directory: Path, quick: bool = True, time
 
 
 def _index_html(book: Book, pages: list[Page]) -> str:
-    targets = {(p.chapter.id, p.kind): p.target for p in pages}
+    targets = {p.source: p.target for p in pages}
     titles = {chapter.id: chapter.title for chapter in book.chapters}
     items = []
     for chapter in book.chapters:
-        links = [f'<a href="{html.escape(targets[chapter.id, kind])}">{kind}</a>' if (chapter.id, kind) in targets
-                 else f"{kind} (planned)" for kind, _ in chapter.notebooks()]
+        labels = [(chapter.label(kind, path), path) for kind, path in chapter.notebooks()]
+        links = [f'<a href="{html.escape(targets[path])}">{html.escape(label)}</a>' if path in targets
+                 else f"{html.escape(label)} (planned)" for label, path in labels]
         prerequisites = ", ".join(html.escape(titles[p]) for p in chapter.prerequisites) or "none"
         items.append(
             f'<li><span class="chapter">{html.escape(chapter.title)}</span><br>{" | ".join(links)}<br>'
@@ -226,7 +257,7 @@ def build_book(
             timings[page.source] = execute_notebook(notebook, (root / page.source).parent, quick, timeout)
         navigation = _navigation(page, pages)
         notebook.cells = [nbformat.v4.new_markdown_cell(navigation), *notebook.cells, nbformat.v4.new_markdown_cell(navigation)]
-        notebook.metadata["title"] = f"{page.chapter.title} ({page.kind})"
+        notebook.metadata["title"] = f"{page.chapter.title} ({page.label})"
         body, _ = exporter.from_notebook_node(notebook)
         (out / page.target).parent.mkdir(parents=True, exist_ok=True)
         (out / page.target).write_text(body, encoding="utf-8")

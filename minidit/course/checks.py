@@ -4,7 +4,9 @@ Each check runs the learner's function and the reference on the same few determi
 first mismatch (which input, expected versus got, a hint); an unfinished exercise (``NotImplementedError``) is
 reported as "not implemented yet" instead of a traceback, so an exercise notebook runs to the end as shipped.
 The references are the library's own modules, e.g. SiT's interpolants and conversions (arXiv 2401.08740,
-Sec. 2.2-2.3), SD3's time samplers (arXiv 2403.03206, eqs. 19-20); used by every notebook in exercises/.
+Sec. 2.2-2.3), SD3's time samplers (arXiv 2403.03206, eqs. 19-20), DiT's patchify and adaLN-Zero block
+(arXiv 2212.09748, Sec. 3.2), Flag-DiT's RoPE and QK-norm (arXiv 2405.05945, Sec. 2.1); used by every notebook in
+exercises/.
 
 Adding a check is one ``register(Check(...))`` call with a reference function and a case generator.
 
@@ -384,4 +386,194 @@ register(Check(
     hint="return a function velocity_fn(x, t) = v_u + scale (v_c - v_u) with v_c = model(x, t, cond) and "
     "v_u = model(x, t, null_cond); scale 1 is the conditional model, scale 0 the unconditional one",
     evaluate=lambda velocity_fn: velocity_fn(_CFG_X.clone(), _CFG_T.clone()),
+))
+
+
+# ---- DiT: patchify and the adaLN-Zero block (DiT, arXiv 2212.09748, Sec. 3.2) -------------------------------
+
+def _patchify_reference(x: Tensor, patch_size: int) -> Tensor:
+    from minidit.dit import patchify
+
+    return patchify(x, patch_size)
+
+
+def _unpatchify_reference(tokens: Tensor, grid_shape: tuple[int, int], patch_size: int) -> Tensor:
+    from minidit.dit import unpatchify
+
+    return unpatchify(tokens, grid_shape, patch_size)
+
+
+_PATCH_SHAPES = ((2, 3, 8, 8, 2), (1, 1, 4, 6, 2), (2, 4, 6, 9, 3), (1, 2, 3, 2, 1))  # (N, C, H, W, p)
+
+
+def _patchify_cases() -> list[Case]:
+    g = _generator(6)
+    return [Case(f"x of shape {(n, c, h, w)}, patch_size={p}", (torch.randn(n, c, h, w, generator=g), p))
+            for n, c, h, w, p in _PATCH_SHAPES]
+
+
+def _unpatchify_cases() -> list[Case]:
+    g = _generator(7)
+    return [Case(f"tokens of shape {(n, (h // p) * (w // p), p * p * c)}, grid_shape={(h // p, w // p)}, patch_size={p}",
+                 (torch.randn(n, (h // p) * (w // p), p * p * c, generator=g), (h // p, w // p), p))
+            for n, c, h, w, p in _PATCH_SHAPES]
+
+
+register(Check(
+    name="patchify",
+    reference=_patchify_reference,
+    cases=_patchify_cases,
+    hint="(N, C, H, W) -> (N, C, h, p, w, p) -> permute to (N, h, w, p, p, C) -> (N, h * w, p * p * C): "
+    "tokens in row-major grid order, each listing its pixels row by row with the channels last",
+))
+register(Check(
+    name="unpatchify",
+    reference=_unpatchify_reference,
+    cases=_unpatchify_cases,
+    hint="undo patchify step by step: (N, h * w, p * p * C) -> (N, h, w, p, p, C) -> permute to (N, C, h, p, w, p) "
+    "-> (N, C, h * p, w * p); unpatchify(patchify(x, p), (H // p, W // p), p) must give x back",
+))
+
+
+def _seeded_block(seed: int, zero_modulation: bool = False, **config: Any) -> torch.nn.Module:
+    """A small ``DiTBlock`` with weights drawn from ``seed`` (frozen); ``zero_modulation`` applies the adaLN-Zero init."""
+    from minidit.dit import DiTBlock, DiTConfig
+    from minidit.rope import RotaryEmbedding
+
+    settings = DiTConfig(hidden_size=32, num_heads=4, mlp_ratio=2.0, **config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        rope = RotaryEmbedding(settings.hidden_size // settings.num_heads) if settings.rope else None
+        block = DiTBlock(settings, rope)
+    if zero_modulation:
+        torch.nn.init.zeros_(block.modulation[-1].weight)
+        torch.nn.init.zeros_(block.modulation[-1].bias)
+    return block.requires_grad_(False)
+
+
+def _adaln_zero_block_reference(block: torch.nn.Module, x: Tensor, c: Tensor, grid_shape: tuple[int, int]) -> Tensor:
+    return block(x, c, grid_shape)
+
+
+def _adaln_zero_block_cases() -> list[Case]:
+    g = _generator(8)
+    variants = (
+        ("DiT block (LayerNorm)", (4, 4), dict(seed=0)),
+        ("Flag-DiT block (RMSNorm, QK-norm, RoPE)", (2, 3), dict(seed=1, norm="rmsnorm", qk_norm="rmsnorm", rope=True)),
+        ("adaLN-Zero initialisation (zero modulation)", (3, 3), dict(seed=2, zero_modulation=True)),
+    )
+    cases = []
+    for label, (h, w), settings in variants:
+        x, c = torch.randn(2, h * w, 32, generator=g), torch.randn(2, 32, generator=g)
+        cases.append(Case(f"{label}, x of shape (2, {h * w}, 32), c of shape (2, 32), grid_shape={(h, w)}",
+                          (_seeded_block(**settings), x, c, (h, w))))
+    return cases
+
+
+register(Check(
+    name="adaln_zero_block",
+    reference=_adaln_zero_block_reference,
+    cases=_adaln_zero_block_cases,
+    hint="split block.modulation(c) into shift, scale, gate for attention then MLP (in that order); "
+    "x = x + gate_msa * attn(modulate(norm1(x), shift_msa, scale_msa), grid_shape), then the same with norm2 and mlp on "
+    "the updated x; modulate is x * (1 + scale) + shift, with (N, D) parameters unsqueezed to (N, 1, D)",
+))
+
+
+# ---- Flag-DiT: RoPE on a 2-D grid and QK-norm (arXiv 2405.05945, Sec. 2.1; SD3, arXiv 2403.03206, Sec. 5.3.2) -
+
+def _rope_frequencies_reference(grid_shape: tuple[int, int], head_dim: int, theta: float) -> Tensor:
+    from minidit.rope import rope_frequencies
+
+    return rope_frequencies(grid_shape, head_dim, theta)
+
+
+def _rope_frequencies_cases() -> list[Case]:
+    return [Case(f"grid_shape={grid_shape}, head_dim={head_dim}, theta={theta}", (grid_shape, head_dim, theta))
+            for grid_shape, head_dim, theta in (((4, 4), 8, 10000.0), ((3, 5), 12, 10000.0), ((2, 3), 10, 100.0))]
+
+
+def _rope_reference(x: Tensor, angles: Tensor) -> Tensor:
+    from minidit.rope import apply_rope
+
+    return apply_rope(x, angles)
+
+
+def _rope_cases() -> list[Case]:
+    g = _generator(9)
+    cases = []
+    for grid_shape, head_dim in (((4, 4), 8), ((3, 5), 12), ((2, 3), 10)):
+        angles = _rope_frequencies_reference(grid_shape, head_dim, 100.0)
+        x = torch.randn(2, 3, grid_shape[0] * grid_shape[1], head_dim, generator=g)
+        label = f"x of shape {tuple(x.shape)}, angles of shape {tuple(angles.shape)} for grid_shape={grid_shape}"
+        cases.append(Case(label, (x, angles)))
+    return cases
+
+
+register(Check(
+    name="rope_frequencies",
+    reference=_rope_frequencies_reference,
+    cases=_rope_frequencies_cases,
+    hint="split the head_dim // 2 channel pairs between the axes (h first, it takes the extra pair); an axis with "
+    "d = 2 * pairs channels has frequencies theta^(-2i / d) (d of the axis, not head_dim); angle = position on that "
+    "axis * frequency; tokens in row-major order (torch.meshgrid with indexing='ij'); result (h * w, head_dim // 2)",
+))
+register(Check(
+    name="rope",
+    reference=_rope_reference,
+    cases=_rope_cases,
+    hint="rotate ADJACENT channel pairs (x[..., 0::2], x[..., 1::2]) by the angle of their pair: "
+    "(a cos - b sin, a sin + b cos), then interleave them back in the same positions",
+))
+
+
+def _rms_norm_reference(x: Tensor, weight: Tensor) -> Tensor:
+    from minidit.norms import RMSNorm
+
+    norm = RMSNorm(x.shape[-1])
+    norm.weight.data.copy_(weight)
+    return norm(x).detach()
+
+
+def _rms_norm_cases() -> list[Case]:
+    g = _generator(10)
+    return [Case(f"x of shape {shape} with mean {offset}, weight of shape ({shape[-1]},)",
+                 (torch.randn(*shape, generator=g) * 3 + offset, 0.5 + torch.rand(shape[-1], generator=g)))
+            for shape, offset in (((4, 8), 0.0), ((2, 5, 16), 2.0), ((3, 1, 6), -1.0))]
+
+
+def _qk_norm_reference(q: Tensor, k: Tensor, query_weight: Tensor, key_weight: Tensor) -> tuple[Tensor, Tensor]:
+    from minidit.norms import QKNorm
+
+    qk_norm = QKNorm("rmsnorm", q.shape[-1])
+    qk_norm.query_norm.weight.data.copy_(query_weight)
+    qk_norm.key_norm.weight.data.copy_(key_weight)
+    return tuple(part.detach() for part in qk_norm(q, k))
+
+
+def _qk_norm_cases() -> list[Case]:
+    g = _generator(11)
+    cases = []
+    for heads, queries, keys, head_dim, scale in ((2, 5, 7, 8, 1.0), (4, 3, 3, 16, 50.0), (1, 6, 2, 4, 0.1)):
+        q = torch.randn(2, heads, queries, head_dim, generator=g) * scale * torch.arange(1, heads + 1).reshape(-1, 1, 1)
+        k = torch.randn(2, heads, keys, head_dim, generator=g) * scale
+        query_weight, key_weight = 0.5 + torch.rand(head_dim, generator=g), 0.5 + torch.rand(head_dim, generator=g)
+        label = f"q of shape {tuple(q.shape)}, k of shape {tuple(k.shape)}, entries of size ~{scale}, heads of different sizes"
+        cases.append(Case(label, (q, k, query_weight, key_weight)))
+    return cases
+
+
+register(Check(
+    name="rms_norm",
+    reference=_rms_norm_reference,
+    cases=_rms_norm_cases,
+    hint="x / sqrt(mean(x^2 over the last dimension) + 1e-6) * weight; unlike LayerNorm, do not subtract the mean",
+))
+register(Check(
+    name="qk_norm",
+    reference=_qk_norm_reference,
+    cases=_qk_norm_cases,
+    hint="normalise each head's query and key vectors on their own, over head_dim only (the last dimension of "
+    "(N, H, T, Dh)), with RMSNorm: query_weight for q, key_weight for k",
+    output_names=("q", "k"),
 ))
