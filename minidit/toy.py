@@ -131,6 +131,37 @@ class GaussianMixture:
         centred, var, resp, _ = self._mixture_terms(x, alpha, sigma)
         return (resp * (-centred / var)).sum(1)
 
+    @torch.no_grad()
+    def velocity_error(
+        self,
+        velocity_fn: Callable[[Tensor, Tensor], Tensor],
+        interpolant: Interpolant | str,
+        times: Tensor,
+        n: int = 4000,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Relative error of a velocity field against the exact one, at each time: ``E|f - v|^2 / E|v|^2``.
+
+        The expectation is over ``x_t`` drawn from the path (the same ``n`` pairs ``(x0, eps)`` at every time).
+
+        Args:
+            velocity_fn: ``f(x (n, D), t (n,)) -> (n, D)``, e.g. a trained network.
+            interpolant: the path both fields belong to.
+            times: ``(K,)`` times in [0, 1].
+        Returns:
+            ``(K,)`` relative squared errors.
+        """
+        path = get_interpolant(interpolant)
+        x0 = self.sample(n, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        errors = []
+        for t in check_time(times):
+            t_batch = t.to(x0.dtype).expand(n)
+            x_t = path.interpolate(x0, noise, t_batch)
+            exact = self.velocity(x_t, t_batch, path)
+            errors.append((velocity_fn(x_t, t_batch) - exact).pow(2).sum() / exact.pow(2).sum())
+        return torch.stack(errors)
+
     def _check_points(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

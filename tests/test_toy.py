@@ -251,3 +251,14 @@ def test_toy_mlp_learns_the_exact_velocity():
         loss.mean().backward()
         optimizer.step()
     assert relative_error() < min(0.08, 0.2 * before)
+
+
+def test_velocity_error_is_zero_for_the_exact_field_and_one_for_zero():
+    target = get_target("8gaussians")
+    times = torch.tensor([0.1, 0.5, 0.9])
+    exact = target.velocity_error(lambda x, t: target.velocity(x, t, "linear"), "linear", times, n=500)
+    zero = target.velocity_error(lambda x, t: torch.zeros_like(x), "linear", times, n=500)
+    doubled = target.velocity_error(lambda x, t: 2 * target.velocity(x, t, "linear"), "linear", times, n=500)
+    assert exact.abs().max() < 1e-10
+    torch.testing.assert_close(zero, torch.ones(3))
+    torch.testing.assert_close(doubled, torch.ones(3))

@@ -1,0 +1,31 @@
+"""Where notebooks and the demo put their results, and how they pick quick or full experiments.
+
+Every notebook reads ``MINIDIT_QUICK=1`` (set by ``make test`` and CI) to shrink steps and sizes so that it runs in
+about a minute on 2 CPU cores; without it, it runs the full experiment. Figures go to ``runs/<name>/`` at the
+repository root (or under ``MINIDIT_RUNS`` when set), as PNG files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def quick_mode() -> bool:
+    """True when ``MINIDIT_QUICK`` is set to ``1`` (or ``true``/``yes``)."""
+    return os.environ.get("MINIDIT_QUICK", "0").strip().lower() in ("1", "true", "yes")
+
+
+def run_dir(name: str) -> Path:
+    """Create and return the folder for results named ``name``: ``$MINIDIT_RUNS/name`` or ``<repo>/runs/name``.
+
+    The repository root is the nearest folder above the current one holding ``pyproject.toml``; outside a checkout
+    the current folder is used.
+    """
+    base = os.environ.get("MINIDIT_RUNS")
+    if base is None:
+        here = Path.cwd().resolve()
+        root = next((p for p in (here, *here.parents) if (p / "pyproject.toml").exists()), here)
+        base = root / "runs"
+    path = Path(base) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
