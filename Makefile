@@ -7,7 +7,7 @@ QUICK ?= 1
 # Test processes (one torch thread each): small tensor ops run faster this way than with threads fighting.
 JOBS ?= 2
 
-.PHONY: setup demo lab test test-unit test-notebooks bench book clean
+.PHONY: setup demo lab test bench book clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/samplers.py
+	$(BIN)/python bench/train_step.py
 
 book: setup
 	$(BIN)/python -m minidit.course build-book --execute

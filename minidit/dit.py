@@ -58,7 +58,7 @@ def unpatchify(tokens: Tensor, grid_shape: Sequence[int], patch_size: int) -> Te
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN: ``x * (1 + scale) + shift`` with ``x`` (N, T, D) and per-sample ``shift, scale`` (N, D)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))  # one pass over (N, T, D)
 
 
 @dataclass
@@ -189,9 +189,9 @@ class DiTBlock(nn.Module):
         """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) -> ``(N, T, D)``."""
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=-1)
         attn_out = self.attn(modulate(self.norm1(x), shift_attn, scale_attn), grid_shape, attn_mask)  # (N, T, D)
-        x = x + gate_attn.unsqueeze(1) * attn_out
+        x = torch.addcmul(x, gate_attn.unsqueeze(1), attn_out)  # x + gate * attn_out
         mlp_out = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
-        return x + gate_mlp.unsqueeze(1) * mlp_out
+        return torch.addcmul(x, gate_mlp.unsqueeze(1), mlp_out)  # x + gate * mlp_out
 
 
 class FinalLayer(nn.Module):

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from minidit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from minidit.interpolants import INTERPOLANTS, get_interpolant
 from minidit.timesteps import get_time_sampler
-from minidit.validation import check_choice
+from minidit.validation import check_choice, check_time
 from minidit.weighting import PREDICTIONS, WEIGHTINGS, training_loss
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -144,6 +144,48 @@ def save_grid(images: Tensor, path: str | Path) -> Path:
     return path
 
 
+@torch.no_grad()
+def validation_loss(
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    interpolant: str = "linear",
+    t_grid: Tensor | Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    model_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Velocity loss ``mean |v_theta(x_t, t) - u_t|^2`` of a velocity model at each fixed time of ``t_grid``.
+
+    The noise comes from a generator seeded with ``seed`` and every sample of the batch uses the same ``t``, so
+    the numbers are deterministic and comparable between runs trained with different time samplers (SD3,
+    arXiv 2403.03206, Sec. 5.1 compares samplers by such a validation loss). An ``nn.Module`` runs in eval
+    mode and gets its previous mode back.
+
+    Args:
+        model: ``model(x_t (N, ...), t (N,), **model_kwargs) -> (N, ...)``, a velocity prediction.
+        x0: validation data, ``(N, ...)``.
+        interpolant: name of the path (``minidit.interpolants.INTERPOLANTS``).
+        t_grid: ``K`` times in [0, 1].
+        model_kwargs: extra model inputs, e.g. ``{"y": labels}``.
+        seed: seed of the noise.
+    Returns:
+        ``(K,)`` float32 losses, one per time of ``t_grid``.
+    """
+    path = get_interpolant(interpolant)
+    times = check_time(torch.as_tensor(t_grid, dtype=torch.float32), name="t_grid").flatten()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device, x0.dtype)
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    losses = []
+    for t_value in times.tolist():
+        t = torch.full((x0.shape[0],), t_value, device=x0.device, dtype=x0.dtype)  # (N,)
+        prediction = model(path.interpolate(x0, noise, t), t, **(model_kwargs or {}))
+        losses.append((prediction.float() - path.velocity_target(x0, noise, t).float()).pow(2).mean())
+    if was_training:
+        model.train()
+    return torch.stack(losses)  # (K,)
+
+
 class EMA:
     """Exponential moving average of a model: after each update, ``ema = d * ema + (1 - d) * param``.
 
@@ -159,11 +201,15 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move the average one step towards ``model`` (same architecture as the copy)."""
         pairs = [*zip(self.model.parameters(), model.parameters()), *zip(self.model.buffers(), model.buffers())]
+        averages, currents = [], []
         for average, current in pairs:
             if average.is_floating_point():
-                average.mul_(self.decay).add_(current.detach(), alpha=1 - self.decay)
+                averages.append(average)
+                currents.append(current.detach())
             else:
                 average.copy_(current)
+        if averages:  # ema + (1 - d) (param - ema), all tensors in one call
+            torch._foreach_lerp_(averages, currents, 1 - self.decay)
 
 
 class Trainer:
@@ -195,8 +241,9 @@ class Trainer:
         self.interpolant = get_interpolant(config.interpolant)
         self.time_sampler = get_time_sampler(config.time_sampler, **config.time_sampler_params)
         self.generator = torch.Generator().manual_seed(config.seed)  # t and eps; CPU so runs resume on any device
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        self.optimizer = torch.optim.AdamW(  # the fused kernel updates all parameters in one pass on CPU and CUDA
+            self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+            fused=self.device.type in ("cpu", "cuda") or None,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(warmup_factor, warmup_steps=config.warmup_steps)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from minidit.train import EMA, TrainConfig, Trainer, bin_losses, warmup_factor
+from minidit.train import EMA, TrainConfig, Trainer, bin_losses, validation_loss, warmup_factor
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -163,3 +163,35 @@ def test_config_rejects_bad_names_and_values():
         TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.5)
+
+
+def test_validation_loss_is_zero_for_the_exact_velocity_of_a_point_mass():
+    """Data x0 = 0: x_t = sigma_t eps and u_t = sigma_t' eps, so v(x, t) = (sigma_t' / sigma_t) x is exact."""
+    x0 = torch.zeros(8, 3, 4, 4)
+    t_grid = [0.2, 0.5, 0.9]
+    linear = validation_loss(lambda x, t: x / t[:, None, None, None], x0, "linear", t_grid)
+    gvp = validation_loss(lambda x, t: x * (np.pi / 2) / torch.tan(np.pi * t / 2)[:, None, None, None], x0, "gvp", t_grid)
+    assert linear.shape == (3,)
+    assert torch.allclose(linear, torch.zeros(3), atol=1e-10)
+    assert torch.allclose(gvp, torch.zeros(3), atol=1e-10)
+    # the linear-path field is wrong on the GVP path: a positive loss at every t
+    assert (validation_loss(lambda x, t: x / t[:, None, None, None], x0, "gvp", t_grid) > 1e-3).all()
+
+
+def test_validation_loss_of_the_zero_model_is_the_target_energy():
+    """Linear path: u_t = eps - x0 for every t, so a zero model scores mean (eps - x0)^2 with the seeded noise."""
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    expected = (noise - x0).pow(2).mean()
+    losses = validation_loss(lambda x, t: torch.zeros_like(x), x0, "linear", [0.0, 0.4, 1.0], seed=3)
+    assert torch.allclose(losses, expected.expand(3), rtol=1e-6)
+
+
+def test_validation_loss_restores_the_training_mode_and_checks_times():
+    net = TinyNet()
+    net.train()
+    first = validation_loss(net, torch.randn(32, 2), t_grid=[0.5])
+    assert net.training
+    with pytest.raises(ValueError, match="t_grid must lie in"):
+        validation_loss(net, torch.randn(4, 2), t_grid=[0.5, 1.5])
+    assert first.shape == (1,)

@@ -1,0 +1,227 @@
+"""Training-step benchmark: images/s and model FLOPs utilisation (MFU) of one full DiT training step.
+
+MFU is the model's FLOPs per second (counted by hand from the architecture, training = 3 x forward) divided by the
+peak matmul FLOPs per second measured in the same run (PaLM, arXiv 2204.02311, App. B); the step is the real engine,
+``minidit.train.Trainer.train_step`` (loss, backward, clipping, AdamW, EMA), on a synthetic batch.
+Run ``python bench/train_step.py`` (CPU, 2 threads: tiny and DiT-S/2) or ``--gpu`` (DiT-B/2, bf16, torch.compile);
+no notebook uses it, its test is tests/test_bench_train_step.py.
+On a shared machine the table also gives a "local MFU" against the best peak measured right before and after
+each case, so a slow-down that hits both shows up in neither.
+
+Hand count of forward FLOPs (a multiply-add is 2 FLOPs; norms, activations, softmax and the optimiser are left out,
+as is usual for MFU), for ``N`` images, ``T`` tokens, width ``D``, ``L`` blocks, MLP width ``M = mlp_ratio * D``,
+patch ``p``, ``C`` input and ``C'`` output channels and frequency embedding size ``F``::
+
+    per token per block    2 (3 D^2 + D^2 + 2 D M) = 24 D^2 for M = 4D     qkv, proj, MLP
+                           + 4 T D                                          q k^T and attention @ v
+    per sample per block   12 D^2                                           adaLN modulation D -> 6D
+    per token              2 p^2 C D + 2 D p^2 C'                           patch embedding, final linear
+    per sample             4 D^2 + 2 F D + 2 D^2                            final adaLN D -> 2D, time MLP
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minidit.dit import DiT, DiTConfig  # noqa: E402
+from minidit.train import TrainConfig, Trainer  # noqa: E402
+
+TRAINING_FLOPS_PER_FORWARD = 3  # backward = 2 x forward: gradients with respect to inputs and to weights
+
+
+@dataclass
+class Case:
+    """One benchmark setting: a model, a batch of ``(channels, size, size)`` images, a precision."""
+
+    name: str
+    config: DiTConfig
+    batch_size: int
+    precision: str = "fp32"
+    compile: bool = False
+
+
+CPU_CASES = (
+    Case("tiny", DiTConfig(input_size=16, patch_size=2, in_channels=3, hidden_size=256, depth=6, num_heads=4,
+                           num_classes=10), batch_size=64),
+    Case("s2", DiTConfig(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6,
+                         num_classes=1000), batch_size=16),
+)
+GPU_CASES = (
+    Case("b2", DiTConfig(input_size=32, patch_size=2, in_channels=4, hidden_size=768, depth=12, num_heads=12,
+                         num_classes=1000), batch_size=256, precision="bf16", compile=True),
+)
+
+
+def attention_flops(config: DiTConfig, batch_size: int) -> int:
+    """Forward FLOPs of the attention products ``q k^T`` and ``softmax(.) v`` over all blocks: ``4 N L T^2 D``."""
+    tokens = config.grid_size**2
+    return 4 * batch_size * config.depth * tokens**2 * config.hidden_size
+
+
+def dit_forward_flops(config: DiTConfig, batch_size: int) -> int:
+    """Forward FLOPs of a DiT on ``batch_size`` images of side ``config.input_size`` (see the module docstring)."""
+    dim, tokens, patch = config.hidden_size, config.grid_size**2, config.patch_size
+    mlp = int(dim * config.mlp_ratio)
+    per_token_per_block = 2 * (4 * dim * dim + 2 * dim * mlp)
+    per_sample_per_block = 2 * dim * 6 * dim
+    per_token = 2 * patch * patch * (config.in_channels + config.out_channels) * dim
+    per_sample = 2 * dim * 2 * dim + 2 * config.frequency_embedding_size * dim + 2 * dim * dim
+    linear = batch_size * (
+        tokens * (config.depth * per_token_per_block + per_token) + config.depth * per_sample_per_block + per_sample
+    )
+    return linear + attention_flops(config, batch_size)
+
+
+def synthetic_batch(config: DiTConfig, batch_size: int, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """A fixed random batch: images ``(N, C, H, W)`` and, for class-conditional models, labels ``(N,)``."""
+    generator = torch.Generator().manual_seed(0)
+    size = config.input_size
+    x = torch.randn(batch_size, config.in_channels, size, size, generator=generator).to(device)
+    if config.num_classes == 0:
+        return x, {}
+    return x, {"y": torch.randint(0, config.num_classes, (batch_size,), generator=generator).to(device)}
+
+
+class FixedBatch:
+    """A ``DataSource`` that returns the same batch every step, so the benchmark times the engine, not data loading."""
+
+    def __init__(self, x: Tensor, model_kwargs: dict[str, Tensor]):
+        self.x, self.model_kwargs = x, model_kwargs
+
+    def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The first ``batch_size`` images ``(B, C, H, W)`` and all the model inputs, whatever the ``step``."""
+        return self.x[:batch_size], self.model_kwargs
+
+
+def counted_training_flops(model: DiT, x: Tensor, model_kwargs: dict[str, Tensor]) -> tuple[int, bool]:
+    """FLOPs of one forward and backward pass on the batch ``x`` (N, C, H, W) as counted by ``FlopCounterMode``.
+
+    Returns:
+        ``(flops, attention_counted)``; on CPU the fused attention kernel is not in the counter's registry, so
+        ``attention_counted`` is ``False`` and its ``3 x attention_flops`` must be added by hand.
+    """
+    t = torch.full((x.shape[0],), 0.5, device=x.device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x, t, **model_kwargs).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    attention_counted = any("attention" in str(op) for op in counter.get_flop_counts()["Global"])
+    return counter.get_total_flops(), attention_counted
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so the clock measures it; CPU work is already done when a call returns."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best-of-``repeats`` FLOP/s of a square ``size x size`` matmul, the denominator of MFU."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: library initialisation, GPU clocks
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def time_training_steps(trainer: Trainer, warmup: int, steps: int, budget_s: float) -> list[float]:
+    """Seconds per ``Trainer.train_step`` after ``warmup`` steps; stops early (after at least 2) past ``budget_s``."""
+    for _ in range(warmup):
+        trainer.train_step()
+    synchronize(trainer.device)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < steps and (len(times) < 2 or time.perf_counter() - started < budget_s):
+        start = time.perf_counter()
+        trainer.train_step()
+        synchronize(trainer.device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_case(case: Case, device: torch.device, args: argparse.Namespace, peaks: list[float]) -> dict[str, Any]:
+    """Time ``case``; appends to ``peaks`` the matmul FLOP/s measured just before and just after its steps."""
+    torch.manual_seed(0)
+    model = DiT(case.config).to(device)
+    x, model_kwargs = synthetic_batch(case.config, case.batch_size, device)
+    count_batch = 2  # FLOPs are linear in the batch: cross-check on 2 images, cheaply
+    count_kwargs = {name: value[:count_batch] for name, value in model_kwargs.items()}
+    counted, attention_counted = counted_training_flops(model, x[:count_batch], count_kwargs)
+    if not attention_counted:
+        counted += TRAINING_FLOPS_PER_FORWARD * attention_flops(case.config, count_batch)
+    config = TrainConfig(steps=10**9, batch_size=case.batch_size, precision=case.precision, compile=case.compile,
+                         device=str(device), progress=False)
+    trainer = Trainer(model, FixedBatch(x, model_kwargs), config)
+    peak_dtype = torch.bfloat16 if case.precision == "bf16" else torch.float32
+    peaks.append(measure_matmul_peak(device, peak_dtype, args.peak_size, args.peak_repeats))
+    times = time_training_steps(trainer, args.warmup, args.steps, args.budget_s)
+    peaks.append(measure_matmul_peak(device, peak_dtype, args.peak_size, args.peak_repeats))
+    hand = TRAINING_FLOPS_PER_FORWARD * dit_forward_flops(case.config, case.batch_size)
+    step_s = statistics.median(times)
+    return {
+        "name": case.name,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflop_step": hand / 1e9,
+        "counter_ratio": counted / (TRAINING_FLOPS_PER_FORWARD * dit_forward_flops(case.config, count_batch)),
+        "local_peak": max(peaks[-2:]),
+        "step_s": step_s,
+        "spread": (min(times), max(times)),
+        "img_s": case.batch_size / step_s,
+        "gflops": hand / step_s / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
+                        help="DiT-B/2, bf16, torch.compile, batch 256 on CUDA (default: when CUDA is available)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per case (CPU 1, GPU 3: compiling)")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per case (median reported)")
+    parser.add_argument("--budget-s", type=float, default=30.0, help="stop timing a case after this many seconds")
+    parser.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (CPU 2048, GPU 8192)")
+    parser.add_argument("--peak-repeats", type=int, default=5, help="best of this many peak matmuls")
+    args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu needs CUDA; run without it for the CPU benchmark")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    torch.set_num_threads(args.threads)
+    args.peak_size = args.peak_size or (8192 if args.gpu else 2048)
+    args.warmup = args.warmup if args.warmup is not None else (3 if args.gpu else 1)
+    peaks: list[float] = []
+    results = [run_case(case, device, args, peaks) for case in (GPU_CASES if args.gpu else CPU_CASES)]
+
+    peak = max(peaks)
+    label = torch.cuda.get_device_name(device) if args.gpu else f"CPU, {args.threads} threads"
+    print(f"{label}: peak matmul {peak / 1e9:.1f} GFLOP/s ({args.peak_size}^2, best of the run; samples "
+          f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+    print(f"{'case':6} {'params':>8} {'GFLOP/step':>11} {'counter/hand':>13} {'step s':>8} {'min-max s':>15} "
+          f"{'img/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'local MFU':>10}")
+    for r in results:
+        r["mfu"] = r["gflops"] * 1e9 / peak
+        print(f"{r['name']:6} {r['params_m']:7.2f}M {r['gflop_step']:11.1f} {r['counter_ratio']:13.4f} "
+              f"{r['step_s']:8.3f} {r['spread'][0]:7.3f}-{r['spread'][1]:7.3f} {r['img_s']:8.1f} "
+              f"{r['gflops']:8.1f} {r['mfu']:6.1%} {r['gflops'] * 1e9 / r['local_peak']:10.1%}")
+    fields = " ".join(f"{r['name']}_img_s={r['img_s']:.1f} {r['name']}_mfu={r['mfu']:.3f}" for r in results)
+    print(f"RESULT peak_gflops={peak / 1e9:.1f} {fields}")
+
+
+if __name__ == "__main__":
+    main()
