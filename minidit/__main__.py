@@ -3,7 +3,7 @@
 ``train`` runs a TOML experiment (see minidit/config.py) with the flow-matching trainer, ``sample`` integrates
 a checkpoint's EMA velocity field from noise to data (SiT, arXiv 2401.08740, Sec. 2.4) into a PNG grid, with
 classifier-free guidance for class-conditional models (DiT, arXiv 2212.09748, Sec. 3.2), and ``demo`` runs
-the course demo. Used by the README, the Makefile (``make demo``) and notebooks/04_dit_shapes.ipynb.
+the course demo. Used by the README, the Makefile (``make demo``) and notebooks/03_dit_from_scratch.ipynb.
 
 Example:
     $ python -m minidit train configs/toy_8gaussians.toml --steps 500 --out runs/toy

@@ -3,7 +3,7 @@
 Each head computes ``softmax(q k^T / sqrt(Dh)) v`` (Vaswani et al. 2017, eq. 1) through
 ``torch.nn.functional.scaled_dot_product_attention``; QK-norm normalises ``q`` and ``k`` per head first (SD3,
 arXiv 2403.03206, Sec. 5.3.2; Flag-DiT, arXiv 2405.05945, Sec. 2.1) and RoPE rotates them by token position.
-Used by ``minidit.dit`` and notebooks/07_qk_norm_stability.ipynb (which reads ``last_max_logit``).
+Used by ``minidit.dit`` and notebooks/04_flag_dit.ipynb (which reads ``last_max_logit``).
 
 Example:
     >>> attn = SelfAttention(64, num_heads=4, qk_norm="rmsnorm")

@@ -4,7 +4,7 @@ A checkpoint holds the model, its EMA, the optimizer and scheduler states, every
 run draws from and the step, so a resumed run reproduces the uninterrupted run's losses bit for bit; it is
 written to a temporary file, synced and renamed over the old one, so a crash never leaves a half-written file.
 Training recipe from DiT (arXiv 2212.09748, Sec. 4: AdamW, EMA 0.9999); used by minidit/train.py and the
-``python -m minidit train --resume`` CLI (notebooks/04_dit_shapes.ipynb).
+``python -m minidit train --resume`` CLI (notebooks/03_dit_from_scratch.ipynb).
 
 Everything is stored as tensors and plain Python types, so it loads with ``torch.load(weights_only=True)``.
 """

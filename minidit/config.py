@@ -3,7 +3,7 @@
 A config names every choice of a run (SiT's design space as a list of names, arXiv 2401.08740, Sec. 2; DiT's
 recipe, arXiv 2212.09748, Sec. 4), and the builders here turn it into a model, a data source, a trainer and a
 sampler; a misspelt key fails at once with the closest valid key instead of being silently ignored.
-Used by ``python -m minidit train configs/<name>.toml`` and notebooks/04_dit_shapes.ipynb.
+Used by ``python -m minidit train configs/<name>.toml`` and notebooks/03_dit_from_scratch.ipynb.
 
 Example:
     >>> experiment = load_config("configs/toy_8gaussians.toml")

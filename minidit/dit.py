@@ -5,7 +5,7 @@ MLP branches, ``x = x + gate * branch(norm(x) * (1 + scale) + shift)``, from a z
 block starts as the identity and the zero-initialised final layer makes the untrained model output exactly zero
 (DiT, Peebles & Xie, arXiv 2212.09748, Sec. 3.2). Flag-DiT (RMSNorm, QK-norm, RoPE; arXiv 2405.05945, Sec. 2.1)
 and LI-DiT (conv position embedding; arXiv 2406.11831, Sec. 3.3) are config switches, see ``STYLES``.
-Used by notebooks/06_dit_images.ipynb and notebooks/08_resolution_extrapolation.ipynb.
+Used by notebooks/03_dit_from_scratch.ipynb and notebooks/04_flag_dit.ipynb.
 
 Example:
     >>> model = DiT.from_preset("DiT-S/2", style="Flag-DiT", input_size=16, in_channels=3, num_classes=10)

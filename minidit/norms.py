@@ -3,7 +3,7 @@
 LayerNorm centres and scales each token; RMSNorm only rescales it by its root mean square, ``x / rms(x) * w``
 (Zhang & Sennrich 2019), the choice of Flag-DiT (Lumina-T2X, arXiv 2405.05945, Sec. 2.1) and, applied to queries
 and keys per head before the dot product, SD3's QK-norm (arXiv 2403.03206, Sec. 5.3.2) that keeps attention logits
-bounded in mixed precision. Used by notebooks/07_qk_norm_stability.ipynb and the DiT in ``minidit.dit``.
+bounded in mixed precision. Used by notebooks/04_flag_dit.ipynb and the DiT in ``minidit.dit``.
 
 Example:
     >>> norm = make_norm("rmsnorm", 64, affine=False)     # adaLN norms carry no weights

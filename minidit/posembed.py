@@ -3,7 +3,7 @@
 DiT adds a fixed 2-D sin-cos table (MAE, arXiv 2111.06377; DiT, arXiv 2212.09748, Sec. 3.2) or a learned one that is
 resized by interpolation for a new grid (PixArt-Sigma, arXiv 2403.04692, Sec. 3.3); LI-DiT instead runs a residual
 conv block over the token grid after patchify, which works at any resolution (arXiv 2406.11831, Sec. 3.3).
-All three share ``forward(x (N, T, D), grid_shape) -> (N, T, D)``; used by notebooks/08_resolution_extrapolation.ipynb.
+All three share ``forward(x (N, T, D), grid_shape) -> (N, T, D)``; used by notebooks/04_flag_dit.ipynb.
 
 Example:
     >>> pos = make_pos_embed("sincos", dim=64, grid_shape=(8, 8))

@@ -4,7 +4,7 @@ RoPE rotates each pair of query/key channels by an angle proportional to the tok
 ``q_m . k_n`` depends only on the offset ``n - m`` (Su et al. 2021, RoFormer eq. 16); axial RoPE splits the head
 channels across the grid axes, and NTK-aware scaling ``theta' = theta * scale^(d / (d - 2))`` stretches the
 wavelengths to extrapolate to larger grids (Lumina-T2X / Flag-DiT, arXiv 2405.05945, Sec. 2.1 and 3.3).
-Used by notebooks/08_resolution_extrapolation.ipynb and the DiT in ``minidit.dit``.
+Used by notebooks/04_flag_dit.ipynb and the DiT in ``minidit.dit``.
 
 Example:
     >>> angles = rope_frequencies((16, 16), head_dim=64)   # (256, 32)

@@ -4,7 +4,7 @@ Each step draws a batch, samples ``t`` and ``eps`` from the trainer's own genera
 ``minidit.weighting.training_loss`` (SiT, arXiv 2401.08740, eq. 3 for velocity; Sec. 2.3 for the other
 predictions) with DiT's recipe (arXiv 2212.09748, Sec. 4: AdamW, lr 1e-4, EMA 0.9999); like minRF it logs the
 loss per time bin, which makes the effect of a time sampler (SD3, arXiv 2403.03206, Sec. 3.1) visible at once.
-Used by notebooks/04_dit_shapes.ipynb and by ``python -m minidit train``.
+Used by notebooks/03_dit_from_scratch.ipynb and by ``python -m minidit train``.
 
 Example:
     >>> trainer = Trainer(ToyMLP(2), data, TrainConfig(steps=2000, batch_size=256, lr=1e-3))

@@ -6,7 +6,7 @@ Each grid cell holds at most one object, so the analyser compares every cell wit
 Gaussian pixel noise (a matched filter), exact on clean renders and tolerant of off-by-a-pixel generations.
 It supplies the exact metrics of the course's image experiments (class accuracy for DiT-style class
 conditioning, arXiv 2212.09748; caption alignment / attribute binding for SD3 and PixArt-Sigma,
-arXiv 2403.03206, 2403.04692). Used by notebooks/04_dit_shapes.ipynb.
+arXiv 2403.03206, 2403.04692). Used by notebooks/03_dit_from_scratch.ipynb.
 
 Supported range: every resolution of the renderer (16 to 256) is read exactly when clean. Under noise, 16x16
 (small shapes about 3 pixels wide) is the weak spot: 94% of scenes read exactly at noise std 0.4, against 100%

@@ -5,7 +5,7 @@ caption ("a large red circle at the top left and a small blue triangle at the bo
 completely, so a generated image can be checked against its prompt exactly (``minidit.data.analyser``).
 It stands in for the captioned image sets of DiT (arXiv 2212.09748, Sec. 4: class-conditional) and
 SD3 / PixArt-Sigma (arXiv 2403.03206, 2403.04692: text-conditional), at CPU scale.
-Used by notebooks/04_dit_shapes.ipynb and configs/shapes_dit_tiny.toml.
+Used by notebooks/03_dit_from_scratch.ipynb and configs/shapes_dit_tiny.toml.
 
 Rendering is anti-aliased from signed distances: a pixel with centre at distance ``d`` (in pixels, negative
 inside) from a shape's edge gets coverage ``clamp(0.5 - d, 0, 1)``, the exact covered fraction for a
