@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minidit.config import (ConfigError, SampleConfig, ToyData, build_data, build_model, load_config, parse_config,
+from minidit.config import (ConfigError, SampleConfig, build_data, build_model, load_config, parse_config,
                             points_to_image, sample_shape)
 from minidit.train import TrainConfig
 
@@ -91,16 +91,6 @@ def test_to_dict_round_trips():
     experiment = load_config(CONFIGS[0])
     again = parse_config(experiment.to_dict())
     assert again.to_dict() == experiment.to_dict()
-
-
-def test_toy_batches_depend_only_on_seed_and_step():
-    data = ToyData("8gaussians", seed=1)
-    assert torch.equal(data.get_batch(3, 16)[0], data.get_batch(3, 16)[0])
-    assert not torch.equal(data.get_batch(3, 16)[0], data.get_batch(4, 16)[0])
-    assert not torch.equal(data.get_batch(3, 16)[0], ToyData("8gaussians", seed=2).get_batch(3, 16)[0])
-    points = data.get_batch(0, 4000)[0]
-    radii = points.norm(dim=1)  # the 8 modes sit on one circle
-    assert radii.std() < 0.2 * radii.mean()
 
 
 def test_points_to_image_places_points_in_the_right_pixels():

@@ -318,7 +318,7 @@ def test_outline_lists_the_chapters_in_order(capsys):
     assert main(["--root", str(ROOT), "outline"]) == 0
     printed = capsys.readouterr().out
     book = load_book(ROOT / "book.toml")
-    assert printed == outline(book) and printed.startswith(f"# {book.title}\n")
+    assert printed == outline(book) and printed.startswith(f"*{book.title}*\n")
     positions = [printed.index(f"{number}. **{chapter.title}**") for number, chapter in enumerate(book.chapters, start=1)]
     assert positions == sorted(positions)
 
@@ -420,3 +420,13 @@ def test_build_book_executes_a_notebook_and_embeds_its_figure(tmp_path):
     assert list(timings) == ["notebooks/01_tiny.ipynb"] and timings["notebooks/01_tiny.ipynb"] > 0
     page = (tmp_path / "_book" / "notebooks" / "01_tiny.html").read_text()
     assert "quick = 1" in page and re.search(r'<img [^>]*src="data:image/png;base64,', page)
+
+
+def test_readme_outline_is_generated_from_book_toml():
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- outline:start -->\n", "<!-- outline:end -->"
+    assert start in readme and end in readme, "README.md needs the outline markers"
+    embedded = readme.split(start, 1)[1].split(end, 1)[0]
+    assert embedded == outline(load_book(ROOT / "book.toml")), (
+        "README's course outline is out of date: paste the output of `python -m minidit.course outline`"
+    )

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minidit.interpolants import INTERPOLANTS, get_interpolant
-from minidit.toy import TARGETS, GaussianMixture, ToyMLP, get_target
+from minidit.toy import TARGETS, GaussianMixture, ToyData, ToyMLP, get_target
 from minidit.weighting import lambda_t, training_loss
 
 PATHS = list(INTERPOLANTS)
@@ -262,3 +262,13 @@ def test_velocity_error_is_zero_for_the_exact_field_and_one_for_zero():
     assert exact.abs().max() < 1e-10
     torch.testing.assert_close(zero, torch.ones(3))
     torch.testing.assert_close(doubled, torch.ones(3))
+
+
+def test_toy_batches_depend_only_on_seed_and_step():
+    data = ToyData("8gaussians", seed=1)
+    assert torch.equal(data.get_batch(3, 16)[0], data.get_batch(3, 16)[0])
+    assert not torch.equal(data.get_batch(3, 16)[0], data.get_batch(4, 16)[0])
+    assert not torch.equal(data.get_batch(3, 16)[0], ToyData("8gaussians", seed=2).get_batch(3, 16)[0])
+    points = data.get_batch(0, 4000)[0]
+    radii = points.norm(dim=1)  # the 8 modes sit on one circle
+    assert radii.std() < 0.2 * radii.mean()

@@ -128,8 +128,8 @@ def unlisted_notebooks(book: Book, root: Path | str = ".") -> list[str]:
 
 
 def outline(book: Book) -> str:
-    """The course outline as Markdown (one numbered entry per chapter), for the README."""
-    lines = [f"# {book.title}", ""]
+    """The course outline as Markdown (one numbered entry per chapter), for the README's "Course outline"."""
+    lines = [f"*{book.title}*", ""]
     titles = {chapter.id: chapter.title for chapter in book.chapters}
     for number, chapter in enumerate(book.chapters, start=1):
         planned = " *(planned)*" if chapter.status == "planned" else ""
