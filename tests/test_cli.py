@@ -41,13 +41,6 @@ def toy(tmp_path):
     return str(path)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors train faster on one thread; spinning OpenMP threads slow them down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def metrics(folder):

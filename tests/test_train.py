@@ -10,13 +10,6 @@ from torch import nn
 from minidit.train import EMA, TrainConfig, Trainer, bin_losses, validation_loss, warmup_factor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors train faster on one thread; spinning OpenMP threads slow them down on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyNet(nn.Module):
