@@ -171,6 +171,44 @@ def _rotate_half(x, angles):
     return torch.cat([first * angles.cos() - second * angles.sin(), first * angles.sin() + second * angles.cos()], dim=-1)
 
 
+def _mixture_velocity_without_logsumexp(x, t, means, stds, weights, interpolant):
+    """Responsibilities as exp(log-joint) / sum of exp: far from every component both underflow and give 0 / 0 = nan."""
+    from minidit.interpolants import get_interpolant
+
+    alpha, sigma, d_alpha, d_sigma = (c[:, None, None] for c in get_interpolant(interpolant).coefficients(t))  # (N, 1, 1)
+    centred = x[:, None, :] - alpha * means  # (N, K, D)
+    var = alpha**2 * stds**2 + sigma**2  # (N, K, D)
+    joint = weights[:, None] * torch.exp(-0.5 * centred**2 / var) / torch.sqrt(2 * math.pi * var)  # (N, K, D)
+    joint = joint.prod(-1, keepdim=True)  # (N, K, 1)
+    responsibilities = joint / joint.sum(1, keepdim=True)
+    x0_mean, noise_mean = means + alpha * stds**2 * centred / var, sigma * centred / var  # (N, K, D)
+    return (responsibilities * (d_alpha * x0_mean + d_sigma * noise_mean)).sum(1)
+
+
+def _sliced_wasserstein_with_sqrt_inside(x, y, n_projections, generator):
+    """The mean of W_2 over directions instead of the square root of the mean of W_2^2."""
+    directions = torch.randn(x.shape[1], n_projections, generator=generator)
+    directions = directions / directions.norm(dim=0, keepdim=True)  # (F, P)
+    x_sorted, y_sorted = (x @ directions).sort(dim=0).values, (y @ directions).sort(dim=0).values  # (N, P)
+    return (x_sorted - y_sorted).pow(2).mean(0).sqrt().mean()
+
+
+def _sincos_2d_rows_and_columns_swapped(dim, grid_shape):
+    """meshgrid with indexing="xy": the first half of the channels encodes the column instead of the row."""
+    from minidit.posembed import sincos_1d
+
+    rows, columns = torch.meshgrid(torch.arange(grid_shape[0]), torch.arange(grid_shape[1]), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, columns.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
+
+
+def _self_attention_heads_split_without_transpose(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads):
+    """Heads split by reshaping (N, T, D) straight to (N, H, T, Dh), which mixes tokens and channels."""
+    n, t, d = x.shape
+    q, k, v = (part.reshape(n, num_heads, t, d // num_heads) for part in (x @ qkv_weight.T + qkv_bias).chunk(3, dim=-1))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (N, H, T, Dh)
+    return out.transpose(1, 2).reshape(n, t, d) @ proj_weight.T + proj_bias
+
+
 def _convert_with_score_sign_flipped(pred, x_t, t, interpolant, src, dst):
     """The classic slip: score = +eps / sigma instead of -eps / sigma."""
     convert = CHECKS["convert"].reference
@@ -196,6 +234,10 @@ MISTAKES = {
     "rope": _rotate_half,
     "rms_norm": lambda x, weight: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6) * weight,
     "qk_norm": _qk_norm_over_all_heads,
+    "mixture_velocity": _mixture_velocity_without_logsumexp,
+    "sliced_wasserstein": _sliced_wasserstein_with_sqrt_inside,
+    "sincos_2d": _sincos_2d_rows_and_columns_swapped,
+    "self_attention": _self_attention_heads_split_without_transpose,
 }
 
 
@@ -395,13 +437,13 @@ def test_book_next_links_visit_every_page_in_book_order(repo_book):
         links = dict((text, url) for text, url in parse(page).links)
         page = (page.parent / links["next →"]).resolve() if "next →" in links else None
     assert visited == order
-    chapter = book.chapters[1]
+    chapter = next(c for c in book.chapters if len(c.solutions) == 1)  # a single solution is labelled just "solution"
     assert parse(repo_book / Path(chapter.solutions[0]).with_suffix(".html")).title == f"{chapter.title} (solution)"
 
 
 def test_book_names_the_exercises_of_a_chapter_with_several(repo_book):
     chapter = next(c for c in load_book(ROOT / "book.toml").chapters if c.id == "dit")
-    assert len(chapter.exercises) == 2, "the dit chapter lists 05_cfg and 06_patchify_adaln"
+    assert len(chapter.exercises) == 3, "the dit chapter lists 05_cfg, 06_patchify_adaln and 09_attention_posembed"
     page = repo_book / "solutions" / "06_patchify_adaln.html"
     assert parse(page).title == f"{chapter.title} (solution 06_patchify_adaln)"
     link_texts = {text for text, _ in parse(page).links}

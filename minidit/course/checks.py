@@ -5,8 +5,9 @@ first mismatch (which input, expected versus got, a hint); an unfinished exercis
 reported as "not implemented yet" instead of a traceback, so an exercise notebook runs to the end as shipped.
 The references are the library's own modules, e.g. SiT's interpolants and conversions (arXiv 2401.08740,
 Sec. 2.2-2.3), SD3's time samplers (arXiv 2403.03206, eqs. 19-20), DiT's patchify and adaLN-Zero block
-(arXiv 2212.09748, Sec. 3.2), Flag-DiT's RoPE and QK-norm (arXiv 2405.05945, Sec. 2.1); used by every notebook in
-exercises/.
+(arXiv 2212.09748, Sec. 3.2), Flag-DiT's RoPE and QK-norm (arXiv 2405.05945, Sec. 2.1), a Gaussian mixture's exact
+velocity (SiT Sec. 2), the sliced Wasserstein distance, the 2-D sin-cos position embedding (MAE, arXiv 2111.06377) and
+multi-head attention (Vaswani et al. 2017, eq. 1); used by every notebook in exercises/.
 
 Adding a check is one ``register(Check(...))`` call with a reference function and a case generator.
 
@@ -576,4 +577,127 @@ register(Check(
     hint="normalise each head's query and key vectors on their own, over head_dim only (the last dimension of "
     "(N, H, T, Dh)), with RMSNorm: query_weight for q, key_weight for k",
     output_names=("q", "k"),
+))
+
+
+# ---- exact fields of a Gaussian mixture (SiT, arXiv 2401.08740, Sec. 2) and the sliced Wasserstein distance ----
+
+def _mixture_velocity_reference(x: Tensor, t: Tensor, means: Tensor, stds: Tensor, weights: Tensor, interpolant: str) -> Tensor:
+    from minidit.toy import GaussianMixture
+
+    return GaussianMixture(means, stds, weights).velocity(x, t, interpolant)
+
+
+def _mixture_velocity_cases() -> list[Case]:
+    from minidit.interpolants import INTERPOLANTS
+
+    g = _generator(12)
+    mixtures = (  # (label, means (K, D), stds (K, D), weights (K,)), float64 so sharp responsibilities compare exactly
+        ("1-D, two Gaussians at -1 and 2", [[-1.0], [2.0]], [[0.3], [0.3]], [0.5, 0.5]),
+        ("1-D, near-Bernoulli on {-1, 1} (std 0.02)", [[-1.0], [1.0]], [[0.02], [0.02]], [0.3, 0.7]),
+        ("2-D, three diagonal Gaussians", [[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], [[0.1, 0.4], [0.3, 0.3], [0.5, 0.05]], [0.2, 0.5, 0.3]),
+    )
+    cases = []
+    for label, means, stds, weights in mixtures:
+        means, stds, weights = (torch.tensor(value, dtype=torch.float64) for value in (means, stds, weights))
+        for name in INTERPOLANTS:
+            start = 0.01 if name == "vp" else 0.0  # the VP path's d_sigma is infinite at t = 0
+            t = torch.cat([torch.tensor([start, start, 0.5, 1.0]), start + (1 - start) * torch.rand(4, generator=g)]).double()
+            x = 2 * torch.randn(8, means.shape[1], generator=g, dtype=torch.float64)
+            x[1] = 40.0  # far from every component: exp of the log-densities underflows to 0 / 0 without logsumexp
+            cases.append(Case(f"{label}, interpolant={name!r}, x of shape {tuple(x.shape)} (float64, x[1] far away), "
+                              f"t of shape (8,) in [{t.min():.2f}, 1]", (x, t, means, stds, weights, name)))
+    return cases
+
+
+register(Check(
+    name="mixture_velocity",
+    reference=_mixture_velocity_reference,
+    cases=_mixture_velocity_cases,
+    hint="per component: centred = x - alpha mu_k, var_k = alpha^2 std_k^2 + sigma^2; log w_k + Gaussian log-density "
+    "summed over D, normalised with torch.logsumexp over k (responsibilities); E[x0 | x, k] = mu_k + alpha std_k^2 centred / var_k, "
+    "E[eps | x, k] = sigma centred / var_k; v = sum_k r_k (alpha' E[x0 | x, k] + sigma' E[eps | x, k])",
+))
+
+
+def _sliced_wasserstein_reference(x: Tensor, y: Tensor, n_projections: int, generator: torch.Generator) -> Tensor:
+    from minidit.metrics import sliced_wasserstein
+
+    return sliced_wasserstein(x, y, n_projections, generator)
+
+
+def _sliced_wasserstein_cases() -> list[Case]:
+    g = _generator(13)
+    cases = []
+    for n, features, projections, shift in ((64, 1, 4, 0.5), (100, 2, 16, 1.0), (50, 3, 8, 0.0), (80, 2, 32, 3.0)):
+        x = torch.randn(n, features, generator=g)
+        y = shift + torch.randn(n, features, generator=g) * torch.linspace(0.5, 2.0, features)  # stretched differently per axis
+        label = f"x and y of shape {(n, features)}, y shifted by {shift}, n_projections={projections}, generator seeded with 14"
+        cases.append(Case(label, (x, y, projections, _generator(14))))
+    return cases
+
+
+register(Check(
+    name="sliced_wasserstein",
+    reference=_sliced_wasserstein_reference,
+    cases=_sliced_wasserstein_cases,
+    hint="directions = torch.randn(F, n_projections, generator=generator), each column divided by its norm; project "
+    "x @ directions and y @ directions (N, P), sort each column, mean over samples of the squared differences (W_2^2 "
+    "per direction), then the square root of the mean over directions (sqrt outside the mean)",
+))
+
+
+# ---- DiT's fixed 2-D sin-cos position embedding (MAE, arXiv 2111.06377; DiT Sec. 3.2) and multi-head attention ----
+
+def _sincos_2d_reference(dim: int, grid_shape: tuple[int, int]) -> Tensor:
+    from minidit.posembed import sincos_2d
+
+    return sincos_2d(dim, grid_shape)
+
+
+def _sincos_2d_cases() -> list[Case]:
+    return [Case(f"dim={dim}, grid_shape={grid_shape}", (dim, grid_shape))
+            for dim, grid_shape in ((8, (2, 3)), (16, (4, 4)), (12, (3, 5)), (32, (1, 6)))]
+
+
+def _self_attention_reference(
+    x: Tensor, qkv_weight: Tensor, qkv_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor, num_heads: int
+) -> Tensor:
+    from minidit.attention import SelfAttention
+
+    attention = SelfAttention(x.shape[-1], num_heads)
+    for parameter, value in ((attention.qkv.weight, qkv_weight), (attention.qkv.bias, qkv_bias),
+                             (attention.proj.weight, proj_weight), (attention.proj.bias, proj_bias)):
+        parameter.data.copy_(value)
+    with torch.no_grad():
+        return attention(x)
+
+
+def _self_attention_cases() -> list[Case]:
+    g = _generator(15)
+    cases = []
+    for n, tokens, dim, heads in ((2, 5, 8, 2), (1, 7, 12, 3), (3, 4, 16, 1), (2, 9, 16, 4)):
+        x = torch.randn(n, tokens, dim, generator=g)
+        qkv_weight, qkv_bias = torch.randn(3 * dim, dim, generator=g) / math.sqrt(dim), 0.1 * torch.randn(3 * dim, generator=g)
+        proj_weight, proj_bias = torch.randn(dim, dim, generator=g) / math.sqrt(dim), 0.1 * torch.randn(dim, generator=g)
+        label = f"x of shape {(n, tokens, dim)}, num_heads={heads} (head_dim {dim // heads})"
+        cases.append(Case(label, (x, qkv_weight, qkv_bias, proj_weight, proj_bias, heads)))
+    return cases
+
+
+register(Check(
+    name="sincos_2d",
+    reference=_sincos_2d_reference,
+    cases=_sincos_2d_cases,
+    hint="1-D table of width d for positions p: omega_i = 10000^(-i / (d / 2)), i < d / 2, then [sin(p omega), cos(p omega)] "
+    "(all sines first); the 2-D table is [1-D(rows) of width dim / 2, 1-D(columns) of width dim / 2] with rows, columns from "
+    "torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij') flattened row-major; result (h * w, dim)",
+))
+register(Check(
+    name="self_attention",
+    reference=_self_attention_reference,
+    cases=_self_attention_cases,
+    hint="q, k, v = (x @ qkv_weight.T + qkv_bias).chunk(3, dim=-1); split heads (N, T, D) -> (N, T, H, Dh) -> transpose "
+    "to (N, H, T, Dh); softmax(q k^T / sqrt(Dh)) v with Dh = D / H (not D); merge (N, H, T, Dh) -> (N, T, H * Dh); "
+    "then the output projection x @ proj_weight.T + proj_bias",
 ))
