@@ -111,7 +111,11 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float = 10000.0, ntk_scale: float = 1.0):
         super().__init__()
         self.head_dim, self.theta, self.ntk_scale = head_dim, theta, ntk_scale
+        self._cache: dict[tuple, Tensor] = {}  # every block of a forward pass asks for the same angles
 
     def forward(self, grid_shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
-        """Angles of shape ``(prod(grid_shape), head_dim // 2)``."""
-        return rope_frequencies(grid_shape, self.head_dim, self.theta, self.ntk_scale, device)
+        """Angles of shape ``(prod(grid_shape), head_dim // 2)``, computed once per grid, device and settings."""
+        key = (tuple(grid_shape), str(device), self.head_dim, self.theta, self.ntk_scale)
+        if key not in self._cache:
+            self._cache[key] = rope_frequencies(grid_shape, self.head_dim, self.theta, self.ntk_scale, device)
+        return self._cache[key]

@@ -89,3 +89,15 @@ def test_bfloat16_input_keeps_dtype():
     out = apply_rope(x.bfloat16(), angles)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), apply_rope(x, angles), rtol=2e-2, atol=2e-2)
+
+
+def test_rotary_embedding_caches_per_grid_and_follows_a_changed_ntk_scale():
+    """Blocks share one set of angles per grid; setting ``ntk_scale`` at inference must not return stale angles."""
+    rope = RotaryEmbedding(head_dim=16)
+    first = rope((4, 4))
+    assert rope((4, 4)) is first
+    assert torch.equal(first, rope_frequencies((4, 4), 16))
+    rope.ntk_scale = 2.0
+    assert torch.equal(rope((4, 4)), rope_frequencies((4, 4), 16, ntk_scale=2.0))
+    assert not torch.equal(rope((4, 4)), first)
+    assert rope((8, 8)).shape == (64, 8)
