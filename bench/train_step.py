@@ -6,7 +6,10 @@ peak matmul FLOPs per second measured in the same run (PaLM, arXiv 2204.02311, A
 Run ``python bench/train_step.py`` (CPU, 2 threads: tiny and DiT-S/2) or ``--gpu`` (DiT-B/2, bf16, torch.compile);
 no notebook uses it, its test is tests/test_bench_train_step.py.
 On a shared machine the table also gives a "local MFU" against the best peak measured right before and after
-each case, so a slow-down that hits both shows up in neither.
+each case, so a slow-down that hits both shows up in neither. Each case also times, interleaved step by step with
+minidit's, a baseline: the same network written as plain DiT reference code is (a convolutional patch embedding,
+``x * (1 + scale) + shift`` and ``x + gate * branch`` as separate ops, a for-loop EMA, AdamW's default
+implementation, no clipping), so the ratio of the two step times does not depend on how fast the machine is today.
 
 Hand count of forward FLOPs (a multiply-add is 2 FLOPs; norms, activations, softmax and the optimiser are left out,
 as is usual for MFU), for ``N`` images, ``T`` tokens, width ``D``, ``L`` blocks, MLP width ``M = mlp_ratio * D``,
@@ -26,14 +29,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minidit.dit import DiT, DiTConfig  # noqa: E402
+from minidit.embeddings import timestep_embedding  # noqa: E402
+from minidit.posembed import sincos_2d  # noqa: E402
 from minidit.train import TrainConfig, Trainer  # noqa: E402
 
 TRAINING_FLOPS_PER_FORWARD = 3  # backward = 2 x forward: gradients with respect to inputs and to weights
@@ -103,6 +110,97 @@ class FixedBatch:
         return self.x[:batch_size], self.model_kwargs
 
 
+class BaselineBlock(nn.Module):
+    """A DiT block as plain reference code writes it: separate modulate and residual ops, q/k/v by permute."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def attention(self, x: Tensor) -> Tensor:
+        """Self-attention of ``x`` (N, T, D) -> ``(N, T, D)``."""
+        n, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(n, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(*qkv.unbind(0))  # (N, H, T, Dh)
+        return self.proj(out.transpose(1, 2).reshape(n, tokens, dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) -> ``(N, T, D)``."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m.unsqueeze(1) for m in self.modulation(c).chunk(6, dim=1))
+        x = x + gate1 * self.attention(self.norm1(x) * (1 + scale1) + shift1)
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class BaselineDiT(nn.Module):
+    """The benchmark's yardstick: the network of ``DiT(config)`` (same parameters, same FLOPs), written plainly."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        dim, p = config.hidden_size, config.patch_size
+        self.config = config
+        self.patch_embedder = nn.Conv2d(config.in_channels, dim, kernel_size=p, stride=p)
+        self.register_buffer("pos_embed", sincos_2d(dim, (config.grid_size, config.grid_size)))  # (T, D)
+        freq = config.frequency_embedding_size
+        self.t_mlp = nn.Sequential(nn.Linear(freq, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.y_table = nn.Embedding(config.num_classes + 1, dim)
+        self.blocks = nn.ModuleList(
+            [BaselineBlock(dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)]
+        )
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.final_linear = nn.Linear(dim, p * p * config.out_channels)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """``x`` (N, C, H, W), ``t`` (N,), ``y`` (N,) -> ``(N, out_channels, H, W)``."""
+        n, _, height, width = x.shape
+        p, cfg = self.config.patch_size, self.config
+        tokens = self.patch_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D)
+        if self.training:
+            y = torch.where(torch.rand(y.shape, device=y.device) < cfg.class_dropout, cfg.num_classes, y)
+        c = self.t_mlp(timestep_embedding(t, cfg.frequency_embedding_size)) + self.y_table(y)  # (N, D)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        shift, scale = (m.unsqueeze(1) for m in self.final_modulation(c).chunk(2, dim=1))
+        out = self.final_linear(self.final_norm(tokens) * (1 + scale) + shift)  # (N, T, p * p * C')
+        out = out.reshape(n, height // p, width // p, p, p, cfg.out_channels)
+        return torch.einsum("nhwpqc->nchpwq", out).reshape(n, cfg.out_channels, height, width)
+
+
+class BaselineStep:
+    """One training step of ``BaselineDiT`` as a plain loop writes it: the same flow-matching loss as the engine
+    (linear path, velocity target, uniform ``t``), AdamW's default implementation, no clipping, EMA by a for loop."""
+
+    def __init__(self, config: DiTConfig, x: Tensor, y: Tensor, precision: str = "fp32", compile: bool = False):
+        torch.manual_seed(0)
+        self.model = BaselineDiT(config).to(x.device)
+        self.ema = BaselineDiT(config).to(x.device).requires_grad_(False)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.autocast = torch.bfloat16 if precision == "bf16" else None
+        self.x, self.y, self.device = x, y, x.device
+
+    def __call__(self) -> None:
+        x = self.x
+        t = torch.rand(x.shape[0], device=self.device)
+        noise = torch.randn_like(x)
+        x_t = (1 - t.view(-1, 1, 1, 1)) * x + t.view(-1, 1, 1, 1) * noise
+        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
+            loss = (self.forward(x_t, t, self.y).float() - (noise - x)).pow(2).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            for average, current in zip(self.ema.parameters(), self.model.parameters()):
+                average.mul_(0.9999).add_(current, alpha=1e-4)
+
+
 def counted_training_flops(model: DiT, x: Tensor, model_kwargs: dict[str, Tensor]) -> tuple[int, bool]:
     """FLOPs of one forward and backward pass on the batch ``x`` (N, C, H, W) as counted by ``FlopCounterMode``.
 
@@ -141,18 +239,24 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int, rep
     return 2 * size**3 / best
 
 
-def time_training_steps(trainer: Trainer, warmup: int, steps: int, budget_s: float) -> list[float]:
-    """Seconds per ``Trainer.train_step`` after ``warmup`` steps; stops early (after at least 2) past ``budget_s``."""
+def time_training_steps(
+    step_fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, steps: int, budget_s: float
+) -> dict[str, list[float]]:
+    """Seconds per step of each function, run in turn (one step of each per round, so a slow phase of a shared
+    machine hits all alike) after ``warmup`` rounds; stops early (after at least 2 rounds) past ``budget_s``."""
     for _ in range(warmup):
-        trainer.train_step()
-    synchronize(trainer.device)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < steps and (len(times) < 2 or time.perf_counter() - started < budget_s):
-        start = time.perf_counter()
-        trainer.train_step()
-        synchronize(trainer.device)
-        times.append(time.perf_counter() - start)
+        for step in step_fns.values():
+            step()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in step_fns}
+    started, rounds = time.perf_counter(), 0
+    while rounds < steps and (rounds < 2 or time.perf_counter() - started < budget_s):
+        for name, step in step_fns.items():
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+        rounds += 1
     return times
 
 
@@ -170,11 +274,14 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace, peaks: 
                          device=str(device), progress=False)
     trainer = Trainer(model, FixedBatch(x, model_kwargs), config)
     peak_dtype = torch.bfloat16 if case.precision == "bf16" else torch.float32
+    baseline = BaselineStep(case.config, x, model_kwargs["y"], case.precision, case.compile)
     peaks.append(measure_matmul_peak(device, peak_dtype, args.peak_size, args.peak_repeats))
-    times = time_training_steps(trainer, args.warmup, args.steps, args.budget_s)
+    times = time_training_steps({"minidit": trainer.train_step, "baseline": baseline}, device, args.warmup,
+                                args.steps, args.budget_s)
     peaks.append(measure_matmul_peak(device, peak_dtype, args.peak_size, args.peak_repeats))
     hand = TRAINING_FLOPS_PER_FORWARD * dit_forward_flops(case.config, case.batch_size)
-    step_s = statistics.median(times)
+    step_s = statistics.median(times["minidit"])
+    speedups = [base / ours for base, ours in zip(times["baseline"], times["minidit"])]  # same round, same machine
     return {
         "name": case.name,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -182,9 +289,11 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace, peaks: 
         "counter_ratio": counted / (TRAINING_FLOPS_PER_FORWARD * dit_forward_flops(case.config, count_batch)),
         "local_peak": max(peaks[-2:]),
         "step_s": step_s,
-        "spread": (min(times), max(times)),
+        "spread": (min(times["minidit"]), max(times["minidit"])),
         "img_s": case.batch_size / step_s,
         "gflops": hand / step_s / 1e9,
+        "baseline_step_s": statistics.median(times["baseline"]),
+        "vs_baseline": statistics.median(speedups),
     }
 
 
@@ -194,8 +303,9 @@ def main() -> None:
                         help="DiT-B/2, bf16, torch.compile, batch 256 on CUDA (default: when CUDA is available)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per case (CPU 1, GPU 3: compiling)")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per case (median reported)")
-    parser.add_argument("--budget-s", type=float, default=30.0, help="stop timing a case after this many seconds")
+    parser.add_argument("--steps", type=int, default=7,
+                        help="timed rounds per case, each one step of minidit and one of the baseline (medians)")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="stop timing a case after this many seconds")
     parser.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (CPU 2048, GPU 8192)")
     parser.add_argument("--peak-repeats", type=int, default=5, help="best of this many peak matmuls")
     args = parser.parse_args()
@@ -213,13 +323,16 @@ def main() -> None:
     print(f"{label}: peak matmul {peak / 1e9:.1f} GFLOP/s ({args.peak_size}^2, best of the run; samples "
           f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
     print(f"{'case':6} {'params':>8} {'GFLOP/step':>11} {'counter/hand':>13} {'step s':>8} {'min-max s':>15} "
-          f"{'img/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'local MFU':>10}")
+          f"{'img/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'local MFU':>10} {'baseline s':>11} {'speed-up':>9}")
     for r in results:
         r["mfu"] = r["gflops"] * 1e9 / peak
         print(f"{r['name']:6} {r['params_m']:7.2f}M {r['gflop_step']:11.1f} {r['counter_ratio']:13.4f} "
               f"{r['step_s']:8.3f} {r['spread'][0]:7.3f}-{r['spread'][1]:7.3f} {r['img_s']:8.1f} "
-              f"{r['gflops']:8.1f} {r['mfu']:6.1%} {r['gflops'] * 1e9 / r['local_peak']:10.1%}")
-    fields = " ".join(f"{r['name']}_img_s={r['img_s']:.1f} {r['name']}_mfu={r['mfu']:.3f}" for r in results)
+              f"{r['gflops']:8.1f} {r['mfu']:6.1%} {r['gflops'] * 1e9 / r['local_peak']:10.1%} "
+              f"{r['baseline_step_s']:11.3f} {r['vs_baseline']:8.2f}x")
+    print("speed-up: median over rounds of baseline step time / minidit step time, timed in turn")
+    fields = " ".join(f"{r['name']}_img_s={r['img_s']:.1f} {r['name']}_mfu={r['mfu']:.3f} "
+                      f"{r['name']}_vs_baseline={r['vs_baseline']:.2f}" for r in results)
     print(f"RESULT peak_gflops={peak / 1e9:.1f} {fields}")
 
 

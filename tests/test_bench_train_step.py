@@ -50,16 +50,57 @@ def test_dit_gflops_of_the_paper(preset, gflops):
     assert train_step.dit_forward_flops(config, 1) / 2e9 == pytest.approx(gflops, rel=1e-3)
 
 
-def test_timing_loop_runs_warmup_then_the_timed_steps_of_the_real_trainer():
+def test_timing_loop_runs_warmup_then_the_timed_rounds_of_every_step_function():
     config = DiTConfig(**SMALL)
     x, model_kwargs = train_step.synthetic_batch(config, 4, torch.device("cpu"))
     trainer = Trainer(DiT(config), train_step.FixedBatch(x, model_kwargs),
                       TrainConfig(batch_size=4, device="cpu", progress=False))
+    baseline = train_step.BaselineStep(config, x, model_kwargs["y"])
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    times = train_step.time_training_steps(trainer, warmup=2, steps=3, budget_s=1e9)
-    assert len(times) == 3 and all(s > 0 for s in times)
+    baseline_before = [p.detach().clone() for p in baseline.model.parameters()]
+    times = train_step.time_training_steps({"minidit": trainer.train_step, "baseline": baseline},
+                                           torch.device("cpu"), warmup=2, steps=3, budget_s=1e9)
+    assert set(times) == {"minidit", "baseline"}
+    assert all(len(seconds) == 3 and all(s > 0 for s in seconds) for seconds in times.values())
     assert trainer.step == 5
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(baseline_before, baseline.model.parameters()))
+
+
+def baseline_weights_from(model: DiT) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the baseline's names; the patch embedding becomes a convolution kernel."""
+    p, c = model.config.patch_size, model.config.in_channels
+    weights = {}
+    for name, value in model.state_dict().items():
+        name = (name.replace("t_embedder.mlp", "t_mlp").replace("y_embedder.embedding_table", "y_table")
+                .replace("attn.", "").replace("final_layer.modulation", "final_modulation")
+                .replace("final_layer.linear", "final_linear"))
+        if name == "patch_embedder.weight":  # Linear over (i * p + j) * C + c  ->  Conv2d kernel (D, C, p, p)
+            value = value.reshape(-1, p, p, c).permute(0, 3, 1, 2)
+        weights[name] = value
+    return weights
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(mlp_ratio=2.0, out_channels=5, patch_size=4, input_size=16)])
+def test_baseline_is_the_same_network_as_the_dit(overrides):
+    """The yardstick must compute the same function with the same parameters and FLOPs, or the ratio means nothing."""
+    config = DiTConfig(**{**SMALL, **overrides})
+    torch.manual_seed(0)
+    model = DiT(config)
+    for parameter in model.parameters():  # leave the zero-initialisation: every weight matters
+        torch.nn.init.normal_(parameter, std=0.2)
+    baseline = train_step.BaselineDiT(config)
+    missing, unexpected = baseline.load_state_dict(baseline_weights_from(model), strict=False)
+    assert missing == ["pos_embed"] and unexpected == []
+    assert sum(p.numel() for p in baseline.parameters()) == sum(p.numel() for p in model.parameters())
+    x, model_kwargs = train_step.synthetic_batch(config, 3, torch.device("cpu"))
+    t = torch.rand(3)
+    model.eval(), baseline.eval()
+    torch.testing.assert_close(baseline(x, t, model_kwargs["y"]), model(x, t, **model_kwargs), rtol=1e-4, atol=1e-5)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        baseline(x, t, model_kwargs["y"])
+    assert counter.get_total_flops() + train_step.attention_flops(config, 3) == train_step.dit_forward_flops(config, 3)
 
 
 def test_fused_adamw_of_the_trainer_matches_the_reference_loop():
