@@ -122,3 +122,17 @@ def test_fused_adamw_of_the_trainer_matches_the_reference_loop():
         reference.step()
     for p, q in zip(reference_model.parameters(), trainer.model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+def test_run_case_times_both_steps_under_the_case_precision():
+    """The whole case, as ``main`` runs it, on a tiny bf16 model (the GPU case's precision path, on the CPU)."""
+    import argparse
+
+    case = train_step.Case("small", DiTConfig(**SMALL), batch_size=4, precision="bf16")
+    args = argparse.Namespace(warmup=1, steps=2, budget_s=1e9, peak_size=64, peak_repeats=1)
+    peaks = []
+    result = train_step.run_case(case, torch.device("cpu"), args, peaks)
+    assert len(peaks) == 2 and all(p > 0 for p in peaks)
+    assert 0.95 < result["counter_ratio"] <= 1.0  # the counter skips the unneeded input gradients, see above
+    assert result["step_s"] > 0 and result["baseline_step_s"] > 0 and result["vs_baseline"] > 0
+    assert result["gflop_step"] == pytest.approx(3 * train_step.dit_forward_flops(case.config, 4) / 1e9)
