@@ -40,7 +40,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Normalise ``x`` of shape ``(..., dim)``; returns the same shape and dtype."""
         weight = self.weight.float() if self.weight is not None else None
-        return F.rms_norm(x.float(), x.shape[-1:], weight, self.eps).to(x.dtype)  # one fused kernel
+        return F.rms_norm(x.float(), x.shape[-1:], weight, self.eps).to(x.dtype)  # PyTorch's own RMSNorm
 
 
 def make_norm(kind: str, dim: int, affine: bool = True, eps: float = 1e-6) -> nn.Module:

@@ -191,9 +191,10 @@ def test_bfloat16_autocast_matches_float32():
     assert (low.float() - reference).norm() < 0.05 * reference.norm()
 
 
-def test_forward_traces_as_one_graph():
-    """fullgraph=True fails on graph breaks (data-dependent Python control flow, .item()) in forward."""
-    model = randomise(tiny_model(**STYLES["LI-DiT"], depth=1))
+@pytest.mark.parametrize("style", ["LI-DiT", "Flag-DiT"])
+def test_forward_traces_as_one_graph(style):
+    """fullgraph=True fails on graph breaks (data-dependent Python control flow, .item(), the RoPE angle cache)."""
+    model = randomise(tiny_model(**STYLES[style], depth=1))
     x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 4])
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, t, y), model(x, t, y))
