@@ -5,11 +5,13 @@ peak matmul FLOPs per second measured in the same run (PaLM, arXiv 2204.02311, A
 ``minidit.train.Trainer.train_step`` (loss, backward, clipping, AdamW, EMA), on a synthetic batch.
 Run ``python bench/train_step.py`` (CPU, 2 threads: tiny and DiT-S/2) or ``--gpu`` (DiT-B/2, bf16, torch.compile);
 no notebook uses it, its test is tests/test_bench_train_step.py.
-On a shared machine the table also gives a "local MFU" against the best peak measured right before and after
-each case, so a slow-down that hits both shows up in neither. Each case also times, interleaved step by step with
-minidit's, a baseline: the same network written as plain DiT reference code is (a convolutional patch embedding,
-``x * (1 + scale) + shift`` and ``x + gate * branch`` as separate ops, a for-loop EMA, AdamW's default
-implementation, no clipping), so the ratio of the two step times does not depend on how fast the machine is today.
+Everything is timed in rounds: each round runs the peak matmul, one minidit step and one step of a baseline, so a
+slow or fast phase of a shared machine (this 2-core VM's matmul peak wanders between about 120 and 170 GFLOP/s
+within minutes) hits numerator and denominator alike. MFU is the median over rounds of the round's model FLOP/s over
+the round's peak; the table also shows the harsher figure against the best peak of the whole run. The baseline is
+the same network written as plain DiT reference code is (a convolutional patch embedding, ``x * (1 + scale) + shift``
+and ``x + gate * branch`` as separate ops, a for-loop EMA, AdamW's default implementation, no clipping); its MFU
+and the ratio of the two step times say how much of the MFU is minidit's doing rather than the machine's.
 
 Hand count of forward FLOPs (a multiply-add is 2 FLOPs; norms, activations, softmax and the optimiser are left out,
 as is usual for MFU), for ``N`` images, ``T`` tokens, width ``D``, ``L`` blocks, MLP width ``M = mlp_ratio * D``,
@@ -223,20 +225,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
-    """Best-of-``repeats`` FLOP/s of a square ``size x size`` matmul, the denominator of MFU."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    torch.mm(a, b, out=out)  # warm-up: library initialisation, GPU clocks
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+class MatmulPeak:
+    """``repeats`` square ``size x size`` matmuls, run as one more step of every round: the denominator of MFU.
+
+    ``flops`` is the work of one call; a call's time gives the round's peak FLOP/s (mean over the repeats).
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, size: int, repeats: int):
+        self.a = torch.randn(size, size, device=device, dtype=dtype)
+        self.b = torch.randn(size, size, device=device, dtype=dtype)
+        self.out = torch.empty(size, size, device=device, dtype=dtype)
+        self.repeats, self.flops = repeats, repeats * 2 * size**3
+
+    def __call__(self) -> None:
+        for _ in range(self.repeats):
+            torch.mm(self.a, self.b, out=self.out)
 
 
 def time_training_steps(
@@ -260,8 +263,8 @@ def time_training_steps(
     return times
 
 
-def run_case(case: Case, device: torch.device, args: argparse.Namespace, peaks: list[float]) -> dict[str, Any]:
-    """Time ``case``; appends to ``peaks`` the matmul FLOP/s measured just before and just after its steps."""
+def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    """Time ``case`` in rounds of (peak matmul, minidit step, baseline step); see the module docstring."""
     torch.manual_seed(0)
     model = DiT(case.config).to(device)
     x, model_kwargs = synthetic_batch(case.config, case.batch_size, device)
@@ -273,27 +276,28 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace, peaks: 
     config = TrainConfig(steps=10**9, batch_size=case.batch_size, precision=case.precision, compile=case.compile,
                          device=str(device), progress=False)
     trainer = Trainer(model, FixedBatch(x, model_kwargs), config)
-    peak_dtype = torch.bfloat16 if case.precision == "bf16" else torch.float32
+    peak = MatmulPeak(device, torch.bfloat16 if case.precision == "bf16" else torch.float32, args.peak_size,
+                      args.peak_repeats)
     baseline = BaselineStep(case.config, x, model_kwargs["y"], case.precision, case.compile)
-    peaks.append(measure_matmul_peak(device, peak_dtype, args.peak_size, args.peak_repeats))
-    times = time_training_steps({"minidit": trainer.train_step, "baseline": baseline}, device, args.warmup,
-                                args.steps, args.budget_s)
-    peaks.append(measure_matmul_peak(device, peak_dtype, args.peak_size, args.peak_repeats))
+    times = time_training_steps({"peak": peak, "minidit": trainer.train_step, "baseline": baseline}, device,
+                                args.warmup, args.steps, args.budget_s)
     hand = TRAINING_FLOPS_PER_FORWARD * dit_forward_flops(case.config, case.batch_size)
+    peaks = [peak.flops / seconds for seconds in times["peak"]]  # FLOP/s of each round
     step_s = statistics.median(times["minidit"])
-    speedups = [base / ours for base, ours in zip(times["baseline"], times["minidit"])]  # same round, same machine
     return {
         "name": case.name,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop_step": hand / 1e9,
         "counter_ratio": counted / (TRAINING_FLOPS_PER_FORWARD * dit_forward_flops(case.config, count_batch)),
-        "local_peak": max(peaks[-2:]),
+        "peaks": peaks,
         "step_s": step_s,
         "spread": (min(times["minidit"]), max(times["minidit"])),
         "img_s": case.batch_size / step_s,
         "gflops": hand / step_s / 1e9,
-        "baseline_step_s": statistics.median(times["baseline"]),
-        "vs_baseline": statistics.median(speedups),
+        "mfu": statistics.median(hand / seconds / p for seconds, p in zip(times["minidit"], peaks)),
+        "mfu_best_peak": hand / step_s / max(peaks),
+        "baseline_mfu": statistics.median(hand / seconds / p for seconds, p in zip(times["baseline"], peaks)),
+        "vs_baseline": statistics.median(base / ours for base, ours in zip(times["baseline"], times["minidit"])),
     }
 
 
@@ -305,35 +309,36 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per case (CPU 1, GPU 3: compiling)")
     parser.add_argument("--steps", type=int, default=7,
                         help="timed rounds per case, each one step of minidit and one of the baseline (medians)")
-    parser.add_argument("--budget-s", type=float, default=60.0, help="stop timing a case after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=90.0, help="stop timing a case after this many seconds")
     parser.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (CPU 2048, GPU 8192)")
-    parser.add_argument("--peak-repeats", type=int, default=5, help="best of this many peak matmuls")
+    parser.add_argument("--peak-repeats", type=int, default=None, help="peak matmuls per round (CPU 3, GPU 50)")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs CUDA; run without it for the CPU benchmark")
     device = torch.device("cuda" if args.gpu else "cpu")
     torch.set_num_threads(args.threads)
     args.peak_size = args.peak_size or (8192 if args.gpu else 2048)
+    args.peak_repeats = args.peak_repeats or (50 if args.gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.gpu else 1)
-    peaks: list[float] = []
-    results = [run_case(case, device, args, peaks) for case in (GPU_CASES if args.gpu else CPU_CASES)]
+    results = [run_case(case, device, args) for case in (GPU_CASES if args.gpu else CPU_CASES)]
 
-    peak = max(peaks)
+    peaks = [p for r in results for p in r["peaks"]]
     label = torch.cuda.get_device_name(device) if args.gpu else f"CPU, {args.threads} threads"
-    print(f"{label}: peak matmul {peak / 1e9:.1f} GFLOP/s ({args.peak_size}^2, best of the run; samples "
-          f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+    print(f"{label}: peak matmul ({args.peak_size}^2, mean of {args.peak_repeats} per round) median "
+          f"{statistics.median(peaks) / 1e9:.1f} GFLOP/s, range {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f}")
     print(f"{'case':6} {'params':>8} {'GFLOP/step':>11} {'counter/hand':>13} {'step s':>8} {'min-max s':>15} "
-          f"{'img/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'local MFU':>10} {'baseline s':>11} {'speed-up':>9}")
+          f"{'img/s':>8} {'GFLOP/s':>8} {'MFU':>6} {'MFU@best':>9} {'baseline MFU':>13} {'speed-up':>9}")
     for r in results:
-        r["mfu"] = r["gflops"] * 1e9 / peak
         print(f"{r['name']:6} {r['params_m']:7.2f}M {r['gflop_step']:11.1f} {r['counter_ratio']:13.4f} "
               f"{r['step_s']:8.3f} {r['spread'][0]:7.3f}-{r['spread'][1]:7.3f} {r['img_s']:8.1f} "
-              f"{r['gflops']:8.1f} {r['mfu']:6.1%} {r['gflops'] * 1e9 / r['local_peak']:10.1%} "
-              f"{r['baseline_step_s']:11.3f} {r['vs_baseline']:8.2f}x")
-    print("speed-up: median over rounds of baseline step time / minidit step time, timed in turn")
+              f"{r['gflops']:8.1f} {r['mfu']:6.1%} {r['mfu_best_peak']:9.1%} {r['baseline_mfu']:13.1%} "
+              f"{r['vs_baseline']:8.2f}x")
+    print("MFU: median over rounds against the same round's peak; MFU@best: median step against the run's best "
+          "peak; speed-up: median over rounds of baseline step time / minidit step time")
     fields = " ".join(f"{r['name']}_img_s={r['img_s']:.1f} {r['name']}_mfu={r['mfu']:.3f} "
-                      f"{r['name']}_vs_baseline={r['vs_baseline']:.2f}" for r in results)
-    print(f"RESULT peak_gflops={peak / 1e9:.1f} {fields}")
+                      f"{r['name']}_baseline_mfu={r['baseline_mfu']:.3f} {r['name']}_vs_baseline={r['vs_baseline']:.2f}"
+                      for r in results)
+    print(f"RESULT peak_gflops={statistics.median(peaks) / 1e9:.1f} {fields}")
 
 
 if __name__ == "__main__":
