@@ -6,8 +6,8 @@ peak matmul FLOPs per second measured in the same run (PaLM, arXiv 2204.02311, A
 Run ``python bench/train_step.py`` (CPU, 2 threads: tiny and DiT-S/2) or ``--gpu`` (DiT-B/2, bf16, torch.compile);
 no notebook uses it, its test is tests/test_bench_train_step.py.
 Everything is timed in rounds: each round runs the peak matmul, one minidit step and one step of a baseline, so a
-slow or fast phase of a shared machine (this 2-core VM's matmul peak wanders between about 120 and 170 GFLOP/s
-within minutes) hits numerator and denominator alike. MFU is the median over rounds of the round's model FLOP/s over
+slow or fast phase of a shared machine (on this 2-core VM, single 2048^2 matmuls ran at 91 to 171 GFLOP/s within
+an hour) hits numerator and denominator alike. MFU is the median over rounds of the round's model FLOP/s over
 the round's peak; the table also shows the harsher figure against the best peak of the whole run. The baseline is
 the same network written as plain DiT reference code is (a convolutional patch embedding, ``x * (1 + scale) + shift``
 and ``x + gate * branch`` as separate ops, a for-loop EMA, AdamW's default implementation, no clipping); its MFU
@@ -238,6 +238,7 @@ class MatmulPeak:
         self.repeats, self.flops = repeats, repeats * 2 * size**3
 
     def __call__(self) -> None:
+        """Multiply the two random matrices ``repeats`` times into the preallocated output."""
         for _ in range(self.repeats):
             torch.mm(self.a, self.b, out=self.out)
 
