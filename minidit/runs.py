@@ -15,17 +15,20 @@ def quick_mode() -> bool:
     return os.environ.get("MINIDIT_QUICK", "0").strip().lower() in ("1", "true", "yes")
 
 
+def repo_root() -> Path:
+    """The nearest folder above the current one holding ``pyproject.toml``; outside a checkout, the current folder."""
+    here = Path.cwd().resolve()
+    return next((p for p in (here, *here.parents) if (p / "pyproject.toml").exists()), here)
+
+
 def run_dir(name: str) -> Path:
     """Create and return the folder for results named ``name``: ``$MINIDIT_RUNS/name`` or ``<repo>/runs/name``.
 
-    The repository root is the nearest folder above the current one holding ``pyproject.toml``; outside a checkout
-    the current folder is used.
+    The repository root is ``repo_root()``.
     """
     base = os.environ.get("MINIDIT_RUNS")
     if base is None:
-        here = Path.cwd().resolve()
-        root = next((p for p in (here, *here.parents) if (p / "pyproject.toml").exists()), here)
-        base = root / "runs"
+        base = repo_root() / "runs"
     path = Path(base) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
