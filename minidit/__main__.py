@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from minidit.checkpoint import CheckpointError, load_checkpoint
-from minidit.config import ConfigError, build_data, build_model, build_sample_fn, load_config, parse_config, sample_images
+from minidit.config import ConfigError, build_data, build_model, load_config, parse_config
+from minidit.generate import build_sample_fn, sample_images
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device, save_grid
 

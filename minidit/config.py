@@ -1,14 +1,15 @@
 """Experiments as TOML files: ``[model]``, ``[data]``, ``[train]`` and ``[sample]`` sections, checked key by key.
 
 A config names every choice of a run (SiT's design space as a list of names, arXiv 2401.08740, Sec. 2; DiT's
-recipe, arXiv 2212.09748, Sec. 4), and the builders here turn it into a model, a data source, a trainer and a
-sampler; a misspelt key fails at once with the closest valid key instead of being silently ignored.
-Used by ``python -m minidit train configs/<name>.toml`` and notebooks/03_dit_from_scratch.ipynb.
+recipe, arXiv 2212.09748, Sec. 4); this module only parses it and builds the model and the data source, and a
+misspelt key fails at once with the closest valid key instead of being silently ignored. Generation from a
+trained experiment lives in minidit/generate.py. Used by ``python -m minidit train configs/<name>.toml`` and
+notebooks/03_dit_from_scratch.ipynb.
 
 Example:
     >>> experiment = load_config("configs/toy_8gaussians.toml")
     >>> model, data = build_model(experiment.model), build_data(experiment.data)
-    >>> trainer = Trainer(model, data, experiment.train, build_sample_fn(experiment))
+    >>> trainer = Trainer(model, data, experiment.train, build_sample_fn(experiment))  # minidit.generate
 """
 from __future__ import annotations
 
@@ -21,13 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from minidit.samplers import ODE_METHODS, sample_ode
+from minidit.samplers import ODE_METHODS
 from minidit.train import TrainConfig
 from minidit.validation import check_choice
-from minidit.weighting import convert, default_time_eps
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -201,75 +200,3 @@ def build_data(section: dict[str, Any], source: str = "<dict>") -> Any:
     values = dict(section)
     name = check_choice("data name", values.pop("name", "missing"), DATA_NAMES)
     return checked_call(_data_builders()[name], values, "data", source, extra_keys=("name",))
-
-
-def sample_shape(model: nn.Module) -> tuple[int, ...]:
-    """Shape of one sample of ``model``: ``(D,)`` for a ``ToyMLP``, ``(C, H, W)`` for a ``DiT``."""
-    config = getattr(model, "config", None)
-    if config is not None:
-        return (config.in_channels, config.input_size, config.input_size)
-    return (model.input_layer.in_features,)
-
-
-@torch.no_grad()
-def generate(model: nn.Module, train: TrainConfig, sample: SampleConfig, device: torch.device | str = "cpu") -> Tensor:
-    """Draw ``sample.n`` samples by integrating the model's velocity from noise to data.
-
-    Non-velocity predictions are converted with ``minidit.weighting.convert``; the ODE runs over the training
-    interval ``[time_eps, 1 - time_eps]`` (the conversions divide by ``alpha_t`` or ``sigma_t`` at the ends).
-    A class-conditional DiT gets labels ``0, 1, 2, ...`` (cycling) and guidance scale ``sample.cfg`` against
-    its null label.
-
-    Returns:
-        samples, ``(n, *sample_shape(model))``, on ``device``.
-    """
-    from minidit.guidance import classifier_free_guidance
-
-    model.eval()
-    generator = torch.Generator().manual_seed(sample.seed)  # own RNG: sampling never disturbs training
-    noise = torch.randn((sample.n, *sample_shape(model)), generator=generator).to(device)
-    num_classes = getattr(getattr(model, "config", None), "num_classes", 0)
-    if num_classes:
-        labels = torch.arange(sample.n, device=device) % num_classes  # (n,)
-        null = torch.full_like(labels, num_classes)
-        field_fn = classifier_free_guidance(model, labels, null, sample.cfg)
-    else:
-        field_fn = model
-    eps = train.time_eps if train.time_eps is not None else default_time_eps(train.interpolant, train.prediction, train.weighting)
-
-    def velocity_fn(x: Tensor, t: Tensor) -> Tensor:
-        return convert(field_fn(x, t), x, t, train.interpolant, train.prediction, "velocity")
-
-    return sample_ode(velocity_fn, noise, sample.steps, sample.method, t_start=1 - eps, t_end=eps).samples
-
-
-def points_to_image(points: Tensor, extent: float, resolution: int = 128) -> Tensor:
-    """Render 2-D points as a density image: a ``resolution``-square histogram of ``[-extent, extent]^2``.
-
-    Args:
-        points: ``(N, 2)``.
-    Returns:
-        ``(1, 1, resolution, resolution)`` in [-1, 1] (white = densest bin), with ``y`` pointing up.
-    """
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"points_to_image draws 2-D points of shape (N, 2), got {tuple(points.shape)}")
-    hist = torch.histogramdd(points.float().cpu(), bins=[resolution, resolution], range=[-extent, extent] * 2).hist
-    image = hist.T.flip(0)  # (H, W): rows are y from top to bottom, columns are x
-    return (2 * image / image.max().clamp(min=1) - 1)[None, None]
-
-
-def sample_images(model: nn.Module, train: TrainConfig, sample: SampleConfig, device: torch.device | str = "cpu") -> Tensor:
-    """``generate`` as images in [-1, 1]: ``(n, C, H, W)`` for a DiT, one ``points_to_image`` density for 2-D points."""
-    samples = generate(model, train, sample, device)
-    return samples if samples.ndim == 4 else points_to_image(samples, sample.extent)
-
-
-def build_sample_fn(experiment: Experiment) -> Callable[[nn.Module, int], Tensor] | None:
-    """``sample_fn(ema_model, step) -> images (N, C, H, W)`` for ``Trainer``; ``None`` for non-2-D toy data."""
-    if experiment.model.get("type") == "mlp" and experiment.model.get("dim") != 2:
-        return None
-
-    def sample_fn(model: nn.Module, step: int) -> Tensor:
-        return sample_images(model, experiment.train, experiment.sample, next(model.parameters()).device)
-
-    return sample_fn

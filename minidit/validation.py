@@ -12,6 +12,10 @@ import torch
 from torch import Tensor
 
 
+class InputError(ValueError):
+    """A user's input is wrong (config value, path, checkpoint, dataset, device): one line naming it and the fix."""
+
+
 def check_choice(kind: str, name: str, valid: Iterable[str]) -> str:
     """Return ``name`` if it is one of ``valid``; otherwise raise ``ValueError`` listing the valid names."""
     valid = tuple(valid)

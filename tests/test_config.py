@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minidit.config import (ConfigError, SampleConfig, build_data, build_model, load_config, parse_config,
-                            points_to_image, sample_shape)
+from minidit.config import ConfigError, SampleConfig, build_data, build_model, load_config, parse_config
+from minidit.generate import generate, points_to_image, sample_shape
 from minidit.train import TrainConfig
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
@@ -103,7 +103,6 @@ def test_points_to_image_places_points_in_the_right_pixels():
 
 
 def test_generate_converts_a_data_prediction_and_lands_where_the_straight_path_does():
-    from minidit.config import generate
     from minidit.toy import ToyMLP
 
     target = torch.tensor([1.5, -2.0])
