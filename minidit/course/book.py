@@ -1,8 +1,10 @@
 """The course as a book: book.toml lists the chapters, and this module checks, outlines and renders them as HTML.
 
 Each chapter pairs a lecture notebook with exercises and their solutions; ``build_book`` (optionally) executes the
-notebooks with ``MINIDIT_QUICK=1`` and writes one HTML page per notebook (figures embedded as data URIs) with
-links between a chapter's pages, previous / next, and an index with the table of contents.
+notebooks with ``MINIDIT_QUICK=1`` and ``MINIDIT_STATIC=1`` and writes one HTML page per notebook (figures embedded as
+data URIs) with links between a chapter's pages, previous / next, and an index with the table of contents. A lecture's
+page ends with its committed reference full run (``book_reference``); the book renders with the network off, its maths
+typeset by a MathJax copied from the install (``book_offline``).
 This is course tooling, not a paper's method; it renders notebooks/, exercises/ and solutions/.
 """
 from __future__ import annotations
@@ -12,9 +14,12 @@ import os
 import sys
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from minidit.course.book_offline import book_exporter, check_offline, copy_mathjax, mathjax_url, static_widget_outputs
+from minidit.course.book_reference import reference_markdown
 from minidit.course.exercises import require_nbformat
 from minidit.validation import check_choice
 
@@ -179,26 +184,37 @@ def _navigation(page: Page, pages: list[Page]) -> str:
     return " · ".join(parts)
 
 
+@contextmanager
+def _environment(**values: str):
+    """Set environment variables for the duration of a ``with`` block (a kernel started inside inherits them)."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
 def execute_notebook(notebook: object, directory: Path, quick: bool = True, timeout: int = 600) -> float:
     """Execute ``notebook`` in place with nbclient (working directory ``directory``); return the seconds it took.
 
-    ``MINIDIT_QUICK`` is set to 1 (``quick``) or 0 for the kernel.
+    The kernel gets ``MINIDIT_QUICK`` = 1 (``quick``) or 0, and ``MINIDIT_STATIC=1``: nobody can move a slider in a
+    notebook executed without a browser, so interactive helpers draw a static figure instead of a widget.
+    Widget states (tqdm's progress bars) are saved in the notebook's metadata.
     """
     try:
         from nbclient import NotebookClient
     except ImportError as error:
         raise ImportError("executing the book needs nbclient: pip install -e '.[dev]'") from error
-    previous = os.environ.get("MINIDIT_QUICK")
-    os.environ["MINIDIT_QUICK"] = "1" if quick else "0"  # the kernel inherits this environment
-    try:
+    with _environment(MINIDIT_QUICK="1" if quick else "0", MINIDIT_STATIC="1"):
         start = time.perf_counter()
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(directory)}}).execute()
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                       resources={"metadata": {"path": str(directory)}}).execute()
         return time.perf_counter() - start
-    finally:
-        if previous is None:
-            del os.environ["MINIDIT_QUICK"]
-        else:
-            os.environ["MINIDIT_QUICK"] = previous
 
 
 def _index_html(book: Book, pages: list[Page]) -> str:
@@ -233,6 +249,9 @@ def build_book(
 ) -> dict[str, float]:
     """Render every existing notebook of the book as HTML under ``out``, plus ``out/index.html``.
 
+    Pages load MathJax from ``out/_static/mathjax`` (copied from the install) and nothing over the network; a
+    lecture's page ends with its "Reference full run" section.
+
     Args:
         root: repository root (book.toml and the notebook folders live there).
         out: output folder; page ``notebooks/x.ipynb`` becomes ``out/notebooks/x.html``.
@@ -242,27 +261,33 @@ def build_book(
         timeout: seconds allowed per cell when executing.
     Returns:
         seconds each notebook took to execute, keyed by its path (empty without ``execute``).
+    Raises:
+        ValueError: when a page would still load a resource over the network (naming the page and the URL).
     """
     nbformat = require_nbformat()
-    from nbconvert import HTMLExporter
-
     root, out = Path(root), Path(out)
     book = load_book(root / book_file)
     pages = _pages(book, root)
-    exporter = HTMLExporter(template_name="lab")
+    copy_mathjax(out)
+    exporter = book_exporter()
     timings = {}
     for page in pages:
         notebook = nbformat.read(root / page.source, as_version=4)
         if execute:
             timings[page.source] = execute_notebook(notebook, (root / page.source).parent, quick, timeout)
+        static_widget_outputs(notebook)
         navigation = _navigation(page, pages)
-        notebook.cells = [nbformat.v4.new_markdown_cell(navigation), *notebook.cells, nbformat.v4.new_markdown_cell(navigation)]
+        reference = ([nbformat.v4.new_markdown_cell(reference_markdown(page.source, root, out, page.target))]
+                     if page.kind == "lecture" else [])
+        notebook.cells = [nbformat.v4.new_markdown_cell(navigation), *notebook.cells, *reference,
+                          nbformat.v4.new_markdown_cell(navigation)]
         notebook.metadata["title"] = f"{page.chapter.title} ({page.label})"
+        exporter.mathjax_url = mathjax_url(page.target)
         body, _ = exporter.from_notebook_node(notebook)
         (out / page.target).parent.mkdir(parents=True, exist_ok=True)
         (out / page.target).write_text(body, encoding="utf-8")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "index.html").write_text(_index_html(book, pages), encoding="utf-8")
+    check_offline(out)
     return timings
 
 
