@@ -98,7 +98,8 @@ def test_report_logs_prints_the_reference_in_quick_mode_and_checks_the_claims(tm
     report.judge("a < b", Measurement(1.0, 0.5), Measurement(1.2, 0.5))
     out = capsys.readouterr().out
     assert "smoke run (quick): inconclusive" in out and "reference full run: REPRODUCED (full-run reason)" in out
-    written = json.loads(report.finish().read_text())
+    report.finish()
+    written = json.loads((tmp_path / "runs" / "nb" / "claims.json").read_text())
     assert written["mode"] == "quick" and [c["claim"] for c in written["claims"]] == ["a < b"]
     with pytest.raises(ValueError, match="twice"):
         report.judge("a < b", Measurement(1.0, 0.5), Measurement(1.2, 0.5))

@@ -69,17 +69,18 @@ class Report:
             print(f"  reference full run: {reference['verdict'].upper()} ({reference['reason']})")
         return verdict
 
-    def finish(self) -> Path:
+    def finish(self) -> None:
         """Print the table of verdicts, write ``runs/<name>/claims.json``, and check the claims match the reference's.
 
         Raises:
             AssertionError: when a reference file exists and names other claims than this run (a claim was added,
                 renamed or dropped without re-running ``make reference``).
         """
-        print(f"\n{'claim':<64} | {'this run':<14} | reference full run")
+        width = max([len(v.claim) for v in self.verdicts] + [5])
+        print(f"\n{'claim':<{width}} | {'this run':<14} | reference full run")
         for v in self.verdicts:
             reference = self.reference_claims.get(v.claim, {}).get("verdict", "-")
-            print(f"{v.claim[:64]:<64} | {v.outcome:<14} | {reference}")
+            print(f"{v.claim:<{width}} | {v.outcome:<14} | {reference}")
         out = run_dir(self.name) / "claims.json"
         out.write_text(json.dumps({
             "notebook": self.name, "mode": "quick" if self.quick else "full",
@@ -92,7 +93,6 @@ class Report:
             assert ours == theirs, (f"{self.name}: claims differ from {reference_path(self.name)}: only here "
                                     f"{sorted(set(ours) - set(theirs))}, only in the reference {sorted(set(theirs) - set(ours))}"
                                     "; run `make reference` after changing a claim")
-        return out
 
 
 def run_reference(lectures: list[str], root: Path, timeout: int = 3600) -> list[Path]:
