@@ -1,8 +1,10 @@
-"""Course tooling: automatic checks for exercises, exercise generation from solutions, and the HTML book.
+"""Course tooling: automatic checks, hints and question answers for exercises, exercise generation from solutions,
+and the HTML book.
 
-Learners call ``check(name, fn)`` at the end of an exercise; maintainers run ``python -m minidit.course
+Learners call ``check(name, fn)`` after writing a function, ``hint(name, level)`` when stuck and
+``check_answer(name, answer)`` for a question (``minidit/course/checks/``); maintainers run ``python -m minidit.course
 build-exercises | check-exercises | build-book | outline`` (see ``minidit/course/__main__.py`` and book.toml).
 """
-from minidit.course.checks import CHECKS, Case, Check, CheckResult, check, register
+from minidit.course.checks import CHECKS, QUESTIONS, check, check_answer, hint
 
-__all__ = ["CHECKS", "Case", "Check", "CheckResult", "check", "register"]
+__all__ = ["CHECKS", "QUESTIONS", "check", "check_answer", "hint"]

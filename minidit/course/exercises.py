@@ -1,8 +1,11 @@
 """Exercise notebooks generated from solution notebooks, so the two can never drift apart.
 
 In a solution's code cells a region between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` (optionally followed by
-``# HINT: text`` lines) becomes ``raise NotImplementedError("Exercise: text")`` at the region's indentation, lines
-ending in ``# SOLUTION-ONLY`` are dropped, and all outputs are stripped.
+``# GOAL: text`` lines: what the code must produce and the tensor shapes, not how) becomes
+``raise NotImplementedError("Exercise: text")`` at the region's indentation; a line ``name = value  # ANSWER`` (the
+solution's answer to a question) becomes ``name = None  # your answer``; lines ending in ``# SOLUTION-ONLY`` are dropped.
+Markdown cells containing the line ``<!-- SOLUTION-ONLY -->`` (the answers to the questions) are dropped, and all
+outputs are stripped. Hints live with the checks (``minidit.course.hint``), not in the notebooks.
 This is course tooling, not a paper's method; it turns solutions/NN_topic.ipynb into exercises/NN_topic.ipynb.
 """
 from __future__ import annotations
@@ -12,8 +15,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-BEGIN, END, HINT, SOLUTION_ONLY = "# BEGIN SOLUTION", "# END SOLUTION", "# HINT:", "# SOLUTION-ONLY"
-DEFAULT_HINT = "complete this code (see the text above)"
+BEGIN, END, GOAL, SOLUTION_ONLY, ANSWER = "# BEGIN SOLUTION", "# END SOLUTION", "# GOAL:", "# SOLUTION-ONLY", "# ANSWER"
+SOLUTION_ONLY_CELL = "<!-- SOLUTION-ONLY -->"
+DEFAULT_GOAL = "complete this code (see the text above)"
+ANSWER_LINE = re.compile(r"^(?P<indent>\s*)(?P<name>[A-Za-z_]\w*)\s*=\s*\S.*#\s*ANSWER\s*$")
 NOTEBOOK_NAME = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 
 
@@ -33,29 +38,36 @@ def exercise_source(source: str, where: str = "cell") -> str:
         source: the cell's code.
         where: used in error messages, e.g. ``"solutions/01_interpolants.ipynb, cell 3"``.
     Returns:
-        the code with every solution region replaced by ``raise NotImplementedError("Exercise: <hint>")``.
+        the code with every solution region replaced by ``raise NotImplementedError("Exercise: <goal>")`` and every
+        answer line by ``name = None  # your answer``.
     Raises:
-        ValueError: for a ``# BEGIN SOLUTION`` without ``# END SOLUTION`` or the reverse, or nested regions.
+        ValueError: for a ``# BEGIN SOLUTION`` without ``# END SOLUTION`` or the reverse, nested regions, or a line
+            marked ``# ANSWER`` that is not ``name = value  # ANSWER``.
     """
     out: list[str] = []
-    region: dict[str, Any] | None = None  # the open region: indentation, hint lines, whether hints may follow
+    region: dict[str, Any] | None = None  # the open region: indentation, goal lines, whether goal lines may follow
     for number, line in enumerate(source.splitlines(), start=1):
         stripped = line.strip()
         if stripped == BEGIN:
             if region is not None:
                 raise ValueError(f"{where}, line {number}: nested {BEGIN!r}; close the first region with {END!r}")
-            region = {"indent": line[: len(line) - len(line.lstrip())], "hints": [], "reading_hints": True}
+            region = {"indent": line[: len(line) - len(line.lstrip())], "goal": [], "reading_goal": True}
         elif stripped == END:
             if region is None:
                 raise ValueError(f"{where}, line {number}: {END!r} without a matching {BEGIN!r}")
-            hint = " ".join(region["hints"]) or DEFAULT_HINT
-            out.append(f'{region["indent"]}raise NotImplementedError({"Exercise: " + hint!r})')
+            goal = " ".join(region["goal"]) or DEFAULT_GOAL
+            out.append(f'{region["indent"]}raise NotImplementedError({"Exercise: " + goal!r})')
             region = None
         elif region is not None:
-            if region["reading_hints"] and stripped.startswith(HINT):
-                region["hints"].append(stripped[len(HINT):].strip())
+            if region["reading_goal"] and stripped.startswith(GOAL):
+                region["goal"].append(stripped[len(GOAL):].strip())
             else:
-                region["reading_hints"] = False
+                region["reading_goal"] = False
+        elif line.rstrip().endswith(ANSWER):
+            match = ANSWER_LINE.match(line)
+            if match is None:
+                raise ValueError(f"{where}, line {number}: {ANSWER!r} marks a line `name = value  {ANSWER}`; got {line.strip()!r}")
+            out.append(f'{match["indent"]}{match["name"]} = None  # your answer')
         elif not line.rstrip().endswith(SOLUTION_ONLY):
             out.append(line)
     if region is not None:
@@ -66,12 +78,17 @@ def exercise_source(source: str, where: str = "cell") -> str:
 def exercise_notebook(solution: Any, name: str = "notebook") -> Any:
     """Return the exercise version of a solution notebook (an ``nbformat.NotebookNode``); the input is not modified."""
     exercise = copy.deepcopy(solution)
-    for index, cell in enumerate(exercise.cells):
+    kept = []
+    for index, cell in enumerate(exercise.cells):  # index: the cell's position in the solution, for error messages
+        if cell.cell_type == "markdown" and SOLUTION_ONLY_CELL in cell.source.splitlines():
+            continue
         if cell.cell_type == "code":
             cell.source = exercise_source(cell.source, f"{name}, cell {index}")
             cell.outputs = []
             cell.execution_count = None
             cell.metadata.pop("execution", None)
+        kept.append(cell)
+    exercise.cells = kept
     return exercise
 
 

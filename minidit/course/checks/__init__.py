@@ -1,0 +1,24 @@
+"""Automatic checks, levelled hints and question answers for the exercises, one module per chapter of book.toml.
+
+``core`` holds the machinery (``check``, ``hint``, ``check_answer``, the registries); each chapter module registers
+its checks and questions on import: ``interpolants`` (exercise 01), ``predictions`` (02, 08), ``time_samplers`` (03),
+``samplers`` (04), ``dit`` (05, 06, 09) and ``flag_dit`` (07). A new chapter adds one module and one import here.
+"""
+from minidit.course.checks import dit, flag_dit, interpolants, predictions, samplers, time_samplers  # noqa: F401  (register)
+from minidit.course.checks.core import (
+    CHECKS,
+    QUESTIONS,
+    Case,
+    Check,
+    CheckResult,
+    Question,
+    check,
+    check_answer,
+    hint,
+    register,
+    register_question,
+)
+from minidit.course.checks.samplers import euler_maruyama_step
+
+__all__ = ["CHECKS", "QUESTIONS", "Case", "Check", "CheckResult", "Question", "check", "check_answer", "euler_maruyama_step",
+           "hint", "register", "register_question"]
