@@ -2,7 +2,8 @@
 
 A checkpoint holds the model, its EMA, the optimizer and scheduler states, every random number generator the
 run draws from and the step, so a resumed run reproduces the uninterrupted run's losses bit for bit; it is
-written to a temporary file, synced and renamed over the old one, so a crash never leaves a half-written file.
+written to a temporary file, synced and renamed over the old one, so a crash never leaves a half-written file
+(and the next save removes the temporary files a killed save left behind).
 Training recipe from DiT (arXiv 2212.09748, Sec. 4: AdamW, EMA 0.9999); used by minidit/train.py and the
 ``python -m minidit train --resume`` CLI (notebooks/03_dit_from_scratch.ipynb).
 
@@ -10,6 +11,7 @@ Everything is stored as tensors and plain Python types, so it loads with ``torch
 """
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -19,17 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from minidit.validation import InputError
+
 FORMAT = "minidit-checkpoint-v1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be used: unreadable, truncated, or from a different run."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``.
 
-    A crash while writing leaves the previous file at ``path`` untouched (at worst a stray ``.tmp`` file).
+    A crash while writing leaves the previous file at ``path`` untouched; a kill (SIGKILL, power cut) can leave a
+    ``.{name}.*.tmp`` file, which the next save to ``path`` removes. Only one process may save to ``path`` at a
+    time (``minidit.run_folder`` locks a run's folder).
 
     Args:
         state: tensors and plain Python containers (what ``torch.load(weights_only=True)`` accepts).
@@ -39,6 +45,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a save that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

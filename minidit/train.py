@@ -4,6 +4,9 @@ Each step draws a batch, samples ``t`` and ``eps`` from the trainer's own genera
 ``minidit.weighting.training_loss`` (SiT, arXiv 2401.08740, eq. 3 for velocity; Sec. 2.3 for the other
 predictions) with DiT's recipe (arXiv 2212.09748, Sec. 4: AdamW, lr 1e-4, EMA 0.9999); like minRF it logs the
 loss per time bin, which makes the effect of a time sampler (SD3, arXiv 2403.03206, Sec. 3.1) visible at once.
+A run with an ``out_dir`` owns that folder while it trains (``minidit.run_folder``: lock, no silent overwrite,
+metrics cut back on resume); a loss that turns non-finite stops the run with a ``DivergenceError`` naming the step,
+and a checkpoint is never written with non-finite weights, so the last one saved is the last finite one.
 Used by notebooks/03_dit_from_scratch.ipynb and by ``python -m minidit train``.
 
 Example:
@@ -14,11 +17,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,8 +33,10 @@ from tqdm.auto import tqdm
 
 from minidit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from minidit.interpolants import INTERPOLANTS, get_interpolant
+from minidit.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RunLock, append_record, cut_metrics, remove_run_files,
+                                remove_samples_after, run_files, sample_grid_name)
 from minidit.timesteps import get_time_sampler
-from minidit.validation import check_choice, check_time
+from minidit.validation import InputError, check_choice, check_time
 from minidit.weighting import PREDICTIONS, WEIGHTINGS, training_loss
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -40,6 +44,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "checkpoint_every", "out_dir", "progress", "compile", "device")
 
 SampleFn = Callable[[nn.Module, int], Tensor]  # (ema_model, step) -> images (N, C, H, W) in [-1, 1]
+
+
+class DivergenceError(InputError, FloatingPointError):
+    """The loss or the weights became non-finite (inf or nan): the settings (lr, grad_clip, precision) diverge."""
 
 
 class DataSource(Protocol):
@@ -96,6 +104,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0 (0 = only at the end), got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1], got {self.ema_decay}")
+        if self.out_dir == "":
+            raise InputError("[train] out_dir: is empty, so nothing would be saved; name a folder, e.g. out_dir = \"runs/exp\" "
+                             "(--out runs/exp)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,7 +232,11 @@ class Trainer:
         config: the ``TrainConfig``.
         sample_fn: optional ``sample_fn(ema_model, step) -> images (N, C, H, W) in [-1, 1]``, saved as PNG grids
             in ``out_dir``; it should draw from its own generator so that sampling does not change training.
-        metadata: plain data stored in every checkpoint (the CLI stores the whole TOML config there).
+        metadata: plain data stored in every checkpoint (the CLI stores the whole TOML config there); its
+            ``"model"`` and ``"data"`` sections must match on ``resume``.
+        overwrite: let ``train`` replace a run already in ``out_dir`` (its checkpoint, metrics and sample grids are
+            deleted before the first step); without it such a folder is refused unless this trainer resumes the
+            folder's own checkpoint.
     """
 
     def __init__(
@@ -231,8 +246,10 @@ class Trainer:
         config: TrainConfig,
         sample_fn: SampleFn | None = None,
         metadata: dict[str, Any] | None = None,
+        overwrite: bool = False,
     ):
         self.config, self.data, self.sample_fn, self.metadata = config, data, sample_fn, metadata or {}
+        self.overwrite = overwrite
         self.device = resolve_device(config.device)
         self.autocast_dtype = resolve_autocast_dtype(config.precision, self.device)
         self.model = model.to(self.device)
@@ -251,6 +268,8 @@ class Trainer:
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.resumed_from: Path | None = None  # the checkpoint passed to ``resume``
+        self._out_dir_checked = False
 
     def _to_device(self, value: Any) -> Any:
         return value.to(self.device, non_blocking=True) if isinstance(value, Tensor) else value
@@ -289,44 +308,107 @@ class Trainer:
         ``out_dir/metrics.jsonl``: ``step``, ``loss`` (mean over the window), ``lr`` and ``grad_norm`` (of the
         last step), ``bin_loss`` and ``bin_count`` (per time bin, ``None`` for an empty bin), ``steps_per_s``.
         Saves sample grids and ``out_dir/checkpoint.pt`` every ``sample_every`` / ``checkpoint_every`` steps
-        and at the end (only with an ``out_dir``).
+        and at the end (only with an ``out_dir``, which stays locked meanwhile; see ``minidit.run_folder``).
 
         Returns:
             ``self.history``, the records of every ``train`` call so far.
+        Raises:
+            InputError: if ``config.steps`` is not above the current (resumed) step, or ``out_dir`` cannot be
+                used: not writable, locked by another run, or holding another run without ``overwrite``.
+            DivergenceError: when the loss becomes non-finite, naming the first such step; checked whenever the
+                loop logs, samples or saves (no extra GPU sync per step).
         """
         cfg = self.config
+        if steps is None and cfg.steps <= self.step:
+            where = f"{self.resumed_from}, " if self.resumed_from is not None else ""
+            raise InputError(
+                f"{where}[train] steps: {cfg.steps} is not above the run's step {self.step}; steps counts from the "
+                f"start of the run, so pass --steps N with N > {self.step} to train further"
+            )
         end = cfg.steps if steps is None else self.step + steps
+        with self._locked_out_dir():
+            self._train_until(end)
+        return self.history
+
+    def _train_until(self, end: int) -> None:
+        cfg = self.config
         bins = cfg.time_bins
         sums, counts = torch.zeros(bins, device=self.device), torch.zeros(bins, device=self.device)
+        # on the device, so that watching for divergence costs no sync per step: whether every step of this call
+        # had a finite loss, and how many steps did before the first that did not
+        finite, finite_steps = torch.ones((), dtype=torch.bool, device=self.device), torch.zeros((), dtype=torch.long, device=self.device)
+        first_step = self.step
         window_start, clock = self.step, time.perf_counter()
         bar = tqdm(total=end, initial=self.step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
         while self.step < end:
             per_sample, t, lr, grad_norm = self.train_step()
+            finite.logical_and_(torch.isfinite(per_sample).all())
+            finite_steps += finite
             step_sums, step_counts = bin_losses(per_sample, t, bins)
             sums += step_sums
             counts += step_counts
             bar.update(1)
             last = self.step == end
-            if _due(self.step, cfg.log_every, last):
+            log_now = _due(self.step, cfg.log_every, last)
+            sample_now = self.out_dir is not None and self.sample_fn is not None and _due(self.step, cfg.sample_every, last)
+            save_now = self.out_dir is not None and _due(self.step, cfg.checkpoint_every, last)
+            if (log_now or sample_now or save_now) and not bool(finite):
+                bar.close()
+                self._diverged(first_step + int(finite_steps) + 1)
+            if log_now:
                 record = self._log(sums, counts, lr, grad_norm, (self.step - window_start) / (time.perf_counter() - clock))
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 sums.zero_()
                 counts.zero_()
                 window_start, clock = self.step, time.perf_counter()
-            if self.out_dir is not None and self.sample_fn is not None and _due(self.step, cfg.sample_every, last):
+            if sample_now:
                 self.save_samples()
-            if self.out_dir is not None and _due(self.step, cfg.checkpoint_every, last):
+            if save_now:
                 self.save()
         bar.close()
-        return self.history
+
+    def _diverged(self, step: int) -> None:
+        checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+        kept = (f"the last checkpoint, {checkpoint}, holds finite weights; " if checkpoint is not None and checkpoint.exists()
+                else "")
+        raise DivergenceError(
+            f"[train] lr: the loss became non-finite (inf or nan) at step {step}; {kept}lower lr, keep grad_clip, "
+            "or train with precision = 'fp32'"
+        )
+
+    @contextmanager
+    def _locked_out_dir(self) -> Iterator[None]:
+        """Hold the lock of ``out_dir`` and, on first use, make sure it holds no other run (see ``__init__``)."""
+        if self.out_dir is None:
+            yield
+            return
+        with RunLock(self.out_dir):
+            if not self._out_dir_checked:
+                self._claim_out_dir()
+                self._out_dir_checked = True
+            yield
+
+    def _claim_out_dir(self) -> None:
+        own_checkpoint = self.out_dir / CHECKPOINT_NAME
+        if self.resumed_from is not None and self.resumed_from.resolve() == own_checkpoint.resolve():
+            if self.overwrite:
+                raise InputError(f"{self.out_dir}: overwrite would delete the checkpoint being resumed; "
+                                 "pass --resume to continue the run or --overwrite to replace it, not both")
+            cut_metrics(self.out_dir / METRICS_NAME, self.step)  # no step appears twice
+            remove_samples_after(self.out_dir, self.step)
+            return
+        existing = run_files(self.out_dir)
+        if existing and self.overwrite:
+            remove_run_files(self.out_dir)
+        elif existing:
+            names = ", ".join(p.name for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise InputError(
+                f"{self.out_dir}: holds a run ({names}); continue it with --resume {own_checkpoint}, replace it with "
+                "--overwrite (Trainer(..., overwrite=True)), or choose another out_dir"
+            )
 
     def _log(self, sums: Tensor, counts: Tensor, lr: float, grad_norm: Tensor, steps_per_s: float) -> dict[str, Any]:
         loss = float(sums.sum() / counts.sum())
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss} by step {self.step}; lower train.lr, keep train.grad_clip, "
-                "or train with precision = 'fp32'"
-            )
         bin_means = (sums / counts).tolist()
         record = {
             "step": self.step,
@@ -339,9 +421,7 @@ class Trainer:
         }
         self.history.append(record)
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.out_dir / METRICS_NAME, record)
         return record
 
     @torch.no_grad()
@@ -350,7 +430,7 @@ class Trainer:
         if self.out_dir is None or self.sample_fn is None:
             raise ValueError("save_samples needs config.out_dir and a sample_fn; pass both to Trainer")
         images = self.sample_fn(self.ema.model, self.step)
-        return save_grid(images, self.out_dir / f"samples_{self.step:07d}.png")
+        return save_grid(images, self.out_dir / sample_grid_name(self.step))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run exactly (see ``minidit.checkpoint``)."""
@@ -366,32 +446,55 @@ class Trainer:
         }
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically to ``path`` (default ``out_dir/checkpoint.pt``) and return its path."""
+        """Write a checkpoint atomically to ``path`` (default ``out_dir/checkpoint.pt``) and return its path.
+
+        Raises:
+            DivergenceError: if a weight of the model or its EMA is non-finite; nothing is written, so the
+                previous checkpoint stays.
+        """
         if path is None:
             if self.out_dir is None:
                 raise ValueError("Trainer.save needs a path or config.out_dir")
-            path = self.out_dir / "checkpoint.pt"
-        return save_checkpoint(self.state_dict(), path)
+            path = self.out_dir / CHECKPOINT_NAME
+        state = self.state_dict()
+        for part in ("model", "ema"):
+            bad = [name for name, value in state[part].items() if value.is_floating_point() and not value.isfinite().all()]
+            if bad:
+                raise DivergenceError(
+                    f"[train] lr: the {part} weights are non-finite at step {self.step} ({bad[0]} and "
+                    f"{len(bad) - 1} more), so {path} was not written; lower lr, keep grad_clip, or train with "
+                    "precision = 'fp32'"
+                )
+        return save_checkpoint(state, path)
 
     def resume(self, path: str | Path) -> Trainer:
         """Restore a checkpoint written by ``save``; the next ``train`` continues the run exactly.
 
+        When ``path`` is ``out_dir/checkpoint.pt``, the next ``train`` cuts ``out_dir/metrics.jsonl`` back to the
+        checkpoint's step, so a step logged after the checkpoint by a killed run is not logged twice.
+
         Raises:
             CheckpointError: if the file is unreadable, or was written with settings (other than
-                ``RESUMABLE_CHANGES``) or a model that differ from this trainer's.
+                ``RESUMABLE_CHANGES``), ``metadata["model"]`` / ``metadata["data"]`` sections or a model that
+                differ from this trainer's; the message names every differing key.
         """
         state = load_checkpoint(path)
-        current = dataclasses.asdict(self.config)
-        changed = {
-            k: (v, current.get(k))
-            for k, v in state["config"].items()
-            if k not in RESUMABLE_CHANGES and _plain(v) != _plain(current.get(k))
-        }
+        fixed = [(k, v) for k, v in dataclasses.asdict(self.config).items() if k not in RESUMABLE_CHANGES]
+        changed = [
+            (section, key, old, new)
+            for section, stored, now in [
+                *[(name, state["metadata"].get(name), self.metadata.get(name)) for name in ("model", "data")],
+                ("train", {k: v for k, v in state["config"].items() if k not in RESUMABLE_CHANGES}, dict(fixed)),
+            ]
+            if stored is not None and now is not None
+            for key, old, new in _differences(stored, now)
+        ]
         if changed:
-            described = ", ".join(f"{k} = {old!r} in the checkpoint but {new!r} now" for k, (old, new) in changed.items())
+            keys = ", ".join(f"[{section}] {key}" for section, key, _, _ in changed)
+            described = ", ".join(f"{key} = {old!r} in the checkpoint but {new!r} now" for _, key, old, new in changed)
             raise CheckpointError(
-                f"checkpoint {str(path)!r} was trained with different settings: {described}. "
-                "Resume with the checkpoint's settings, or start a new run in another out_dir."
+                f"{path}, {keys}: changed since the checkpoint ({described}); resume with the checkpoint's values, "
+                "or start a new run in another out_dir"
             )
         try:
             self.model.load_state_dict(state["model"])
@@ -404,6 +507,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], self.generator)
         self.step = state["step"]
+        self.resumed_from = Path(path)
         return self
 
 
@@ -415,3 +519,18 @@ def _due(step: int, every: int, last: bool) -> bool:
 def _plain(value: Any) -> Any:
     """Tuples as lists, so settings compare equal after a round trip through a checkpoint or TOML."""
     return list(value) if isinstance(value, tuple) else value
+
+
+def _differences(stored: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, stored value, current value)`` for each key whose values differ (``UNSET`` where one lacks it)."""
+    keys = [*stored, *(k for k in now if k not in stored)]
+    return [(k, stored.get(k, UNSET), now.get(k, UNSET)) for k in keys
+            if k not in stored or k not in now or _plain(stored[k]) != _plain(now[k])]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET = _Unset()  # a key missing on one side of a comparison

@@ -48,13 +48,15 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # the temp file was removed
 
 
-def test_stray_temp_file_from_a_killed_process_is_harmless(tmp_path):
+def test_temp_file_from_a_killed_save_is_harmless_and_removed_by_the_next_save(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"step": 1}, path)
     (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"garbage")  # what a SIGKILL mid-write leaves
+    (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"another file's")  # not ours: kept
     assert load_checkpoint(path)["step"] == 1
     save_checkpoint({"step": 2}, path)
     assert load_checkpoint(path)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "checkpoint.pt"]
 
 
 def test_truncated_file_gives_an_error_naming_the_file_and_the_fix(tmp_path):
@@ -93,7 +95,8 @@ def test_resume_with_different_settings_names_them(tmp_path):
     trainer.train()
     path = trainer.save(tmp_path / "ckpt.pt")
     make_trainer(steps=10, log_every=1).resume(path)  # schedule-only changes are allowed
-    with pytest.raises(CheckpointError, match=r"ckpt\.pt.*lr = 0\.0001 in the checkpoint but 0\.001 now"):
+    with pytest.raises(CheckpointError, match=r"ckpt\.pt, \[train\] lr: changed since the checkpoint "
+                                              r"\(lr = 0\.0001 in the checkpoint but 0\.001 now\)"):
         make_trainer(lr=1e-3).resume(path)
 
 
