@@ -12,26 +12,37 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 
 from minidit.checkpoint import CheckpointError, load_checkpoint
-from minidit.config import ConfigError, build_data, build_model, load_config, parse_config
+from minidit.config import build_data, build_model, check_data_fits_model, load_config, parse_config
 from minidit.generate import build_sample_fn, sample_images
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device, save_grid
+from minidit.validation import InputError
+
+# Errors caused by what the user typed or pointed at: one line on stderr and exit code 2 (``--debug``: traceback).
+INPUT_ERRORS = (InputError, CheckpointError, OSError)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit code 2, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
 def train_command(args: argparse.Namespace) -> Path:
     """Train the experiment of ``args.config``; returns the checkpoint path."""
-    experiment = load_config(args.config)
     overrides = {"steps": args.steps, "out_dir": args.out}
-    experiment.train = dataclasses.replace(experiment.train, **{k: v for k, v in overrides.items() if v is not None})
+    experiment = load_config(args.config, {"train": {k: v for k, v in overrides.items() if v is not None}})
     if experiment.train.out_dir is None:
         experiment.train.out_dir = str(Path("runs") / Path(args.config).stem)
     seed = experiment.train.seed
@@ -40,7 +51,9 @@ def train_command(args: argparse.Namespace) -> Path:
     torch.manual_seed(seed)  # model initialisation and dropout
     model = build_model(experiment.model, experiment.source)
     data = build_data(experiment.data, experiment.source)
-    trainer = Trainer(model, data, experiment.train, build_sample_fn(experiment), metadata=experiment.to_dict())
+    check_data_fits_model(model, data, experiment)
+    trainer = Trainer(model, data, experiment.train, build_sample_fn(experiment), metadata=experiment.to_dict(),
+                      overwrite=args.overwrite)
     if args.resume:
         trainer.resume(args.resume)
     history = trainer.train()  # saves out_dir/checkpoint.pt at the end
@@ -52,21 +65,36 @@ def train_command(args: argparse.Namespace) -> Path:
 
 def sample_command(args: argparse.Namespace) -> Path:
     """Sample the EMA model of checkpoint ``args.checkpoint`` into the PNG ``args.out``."""
+    check_png_path(args.out)
     state = load_checkpoint(args.checkpoint)
     if not state["metadata"]:
         raise CheckpointError(
             f"checkpoint {args.checkpoint!r} stores no config, so its model cannot be rebuilt; write checkpoints "
             "with `python -m minidit train` or Trainer(..., metadata=experiment.to_dict())"
         )
-    experiment = parse_config(state["metadata"], source=f"{args.checkpoint} (stored config)")
     overrides = {"n": args.n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
-    sample = dataclasses.replace(experiment.sample, **{k: v for k, v in overrides.items() if v is not None})
+    experiment = parse_config(
+        state["metadata"], f"{args.checkpoint} (stored config)",
+        {"sample": {k: v for k, v in overrides.items() if v is not None}, "train": {"device": args.device} if args.device else {}},
+    )
+    sample = experiment.sample
     device = resolve_device(experiment.train.device)
     model = build_model(experiment.model, experiment.source).to(device)
     model.load_state_dict(state["ema"])
     out = save_grid(sample_images(model, experiment.train, sample, device), args.out)
     print(f"{sample.n} samples, {sample.steps} {sample.method} steps, cfg {sample.cfg}: {out}")
     return out
+
+
+def check_png_path(path: str) -> None:
+    """Raise ``InputError`` unless ``path`` names a PNG file that can be written (checked before any work)."""
+    if Path(path).suffix.lower() != ".png":
+        raise InputError(f"--out {path!r}: the samples are saved as a PNG image; name a .png file, e.g. --out samples.png")
+    if Path(path).is_dir():
+        raise InputError(f"--out {path!r}: is a folder; name a .png file in it, e.g. --out {Path(path) / 'samples.png'}")
+    folder = next(p for p in Path(path).absolute().parents if p.exists())
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--out {path!r}: folder {str(folder)!r} is not writable; choose a folder you can write to")
 
 
 def demo_command(args: argparse.Namespace) -> None:
@@ -78,39 +106,60 @@ def demo_command(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``minidit`` argument parser with its ``train``, ``sample`` and ``demo`` subcommands."""
-    parser = argparse.ArgumentParser(prog="minidit", description="Diffusion transformers and flow models from scratch.")
+    parser = OneLineErrorParser(prog="minidit", description="Diffusion transformers and flow models from scratch.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
     commands = parser.add_subparsers(dest="command", required=True)
+    debug = OneLineErrorParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an input error")
 
-    train = commands.add_parser("train", help="train a TOML experiment (see configs/)")
+    train = commands.add_parser("train", parents=[debug], help="train a TOML experiment (see configs/)")
     train.add_argument("config", help="path of a TOML config, e.g. configs/toy_8gaussians.toml")
     train.add_argument("--steps", type=int, help="total training steps (overrides [train] steps)")
     train.add_argument("--out", help="output folder for metrics, samples and checkpoints (overrides [train] out_dir)")
-    train.add_argument("--resume", help="checkpoint to continue from")
+    existing = train.add_mutually_exclusive_group()  # what to do with a run already in the output folder
+    existing.add_argument("--resume", help="checkpoint to continue from")
+    existing.add_argument("--overwrite", action="store_true", help="replace the run already in the output folder")
     train.set_defaults(run=train_command)
 
-    sample = commands.add_parser("sample", help="draw samples from a checkpoint into a PNG grid")
+    sample = commands.add_parser("sample", parents=[debug], help="draw samples from a checkpoint into a PNG grid")
     sample.add_argument("checkpoint", help="checkpoint written by `minidit train`")
     sample.add_argument("--n", type=int, help="number of samples (default: the config's [sample] n)")
     sample.add_argument("--steps", type=int, help="ODE steps")
     sample.add_argument("--method", choices=ODE_METHODS, help="ODE method")
     sample.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = none)")
     sample.add_argument("--seed", type=int, help="seed of the starting noise")
+    sample.add_argument("--device", help="device to sample on (default: the config's [train] device)")
     sample.add_argument("--out", default="samples.png", help="output PNG")
     sample.set_defaults(run=sample_command)
 
-    demo = commands.add_parser("demo", help="run the course demo")
+    demo = commands.add_parser("demo", parents=[debug], help="run the course demo")
     demo.set_defaults(run=demo_command)
     return parser
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for an input error: its message, or ``<file>: <reason>`` for an operating-system error."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}; check the path and its permissions"
+    else:
+        message = str(error)
+    return " ".join(message.split())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m minidit`` and the ``minidit`` console script."""
+    """Entry point of ``python -m minidit`` and the ``minidit`` console script.
+
+    An input error (``INPUT_ERRORS``) prints ``error: <file>, [section] key: what is wrong; how to fix it`` as one
+    line on stderr and exits with code 2; ``--debug`` re-raises it to show the traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as error:  # the user's input: no traceback needed
-        parser.exit(2, f"minidit {args.command}: error: {error}\n")
+    except INPUT_ERRORS as error:
+        if args.debug:
+            raise
+        parser.exit(2, f"error: {describe_error(error)}\n")
 
 
 if __name__ == "__main__":

@@ -17,16 +17,19 @@ import dataclasses
 import difflib
 import inspect
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from minidit.config_rules import (NO_FIT, choice, coerce, describe, dit_problems, rule_problem, shapes_problems,
+                                  train_problems, value_problem)
 from minidit.samplers import ODE_METHODS
 from minidit.train import TrainConfig
-from minidit.validation import check_choice
+from minidit.validation import InputError, check_choice
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,8 +41,13 @@ MODEL_TYPES = ("mlp", "dit")
 DATA_NAMES = ("toy", "shapes", "cifar10", "imagenet64", "folder")
 
 
-class ConfigError(ValueError):
-    """A config file with an unknown section or key, or a value of the wrong type."""
+class ConfigError(InputError):
+    """A config with an unknown section or key, or a value of the wrong type or out of range."""
+
+
+def config_error(source: str, section: str, key: str, problem: str) -> ConfigError:
+    """The one-line error ``<file>, [section] key: what is wrong; how to fix it``."""
+    return ConfigError(f"{source}, [{section}] {key}: {problem}")
 
 
 @dataclass
@@ -79,111 +87,168 @@ class Experiment:
                 "sample": dataclasses.asdict(self.sample)}
 
 
+def _closest(name: str, valid: list[str]) -> str:
+    """``"did you mean 'x'? "`` for the valid name closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def check_keys(source: str, section: str, given: dict[str, Any], valid: list[str]) -> None:
     """Raise ``ConfigError`` for the first key of ``given`` not in ``valid``, suggesting the closest valid key."""
     for key in given:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"{source}: unknown key {key!r} in [{section}]; {hint}valid keys are: {', '.join(valid)}")
+            raise config_error(source, section, key, f"unknown key; {_closest(key, valid)}valid keys are: {', '.join(valid)}")
 
 
-def _check_type(source: str, section: str, key: str, value: Any, default: Any) -> Any:
-    """Return ``value`` (ints widened to float where the default is a float) or raise ``ConfigError``."""
-    if value is None or default is None or default is inspect.Parameter.empty:
-        return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    expected = (list, tuple) if isinstance(default, tuple) else type(default)
-    if isinstance(value, expected) and not (isinstance(value, bool) and not isinstance(default, bool)):
-        return value
-    raise ConfigError(
-        f"{source}: [{section}] {key} = {value!r} has type {type(value).__name__}, expected {type(default).__name__} "
-        f"(like the default, {default!r})"
-    )
-
-
-def _defaults(target: Callable[..., Any]) -> dict[str, Any]:
-    """Keyword defaults of a dataclass or callable (``inspect.Parameter.empty`` for required ones)."""
+def _fields(target: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
+    """``name -> (type hint, default)`` of a dataclass's fields or a callable's parameters (default
+    ``inspect.Parameter.empty`` for a required one)."""
     if dataclasses.is_dataclass(target):
-        return {
+        hints = typing.get_type_hints(target)
+        defaults = {
             f.name: f.default if f.default is not dataclasses.MISSING else
             (f.default_factory() if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty)
             for f in dataclasses.fields(target)
         }
-    return {name: p.default for name, p in inspect.signature(target).parameters.items()}
+    else:
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        defaults = {name: p.default for name, p in inspect.signature(target).parameters.items()}
+    return {name: (hints.get(name, Any), default) for name, default in defaults.items()}
 
 
 def checked_values(target: Callable[..., Any], values: dict[str, Any], section: str, source: str = "<dict>",
-                   extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check every key and type of ``values`` against the signature (or dataclass fields) of ``target``.
+                   extra_keys: tuple[str, ...] = (), rules: str | None = None) -> dict[str, Any]:
+    """Check every key, type and range of ``values`` against the fields (or parameters) of ``target``.
 
-    ``extra_keys`` are also accepted (the caller removes them from ``values`` first). Returns the values with
-    ints widened to floats where ``target`` expects a float.
-    """
-    defaults = _defaults(target)
-    check_keys(source, section, values, [*extra_keys, *defaults])
-    return {k: _check_type(source, section, k, v, defaults[k]) for k, v in values.items()}
+    Types come from ``target``'s annotations (``minidit.config_rules.coerce``: ints widen to floats, lists
+    become tuples); ranges and choices from ``RULES[rules]`` (default ``RULES[section]``); a required field
+    must be given. ``extra_keys`` are also accepted (the caller removes them from ``values`` first).
 
-
-def checked_call(target: Callable[..., Any], values: dict[str, Any], section: str, source: str = "<dict>",
-                 extra_keys: tuple[str, ...] = ()) -> Any:
-    """``target(**values)`` after ``checked_values``."""
-    return target(**checked_values(target, values, section, source, extra_keys))
-
-
-def parse_config(raw: dict[str, Any], source: str = "<dict>") -> Experiment:
-    """Check the sections of a config dict and build the typed ``[train]`` and ``[sample]`` sections.
-
+    Returns:
+        the coerced values.
     Raises:
-        ConfigError: for an unknown section, key or a mistyped value; names the file, section and valid keys.
+        ConfigError: ``<source>, [section] key: what is wrong; how to fix it`` for the first bad key.
     """
-    check_keys(source, "top level", raw, list(SECTIONS))
-    for section in ("model", "data"):
-        if section not in raw:
-            raise ConfigError(f"{source}: missing section [{section}]; every config needs [model] and [data]")
+    fields = _fields(target)
+    check_keys(source, section, values, [*extra_keys, *fields])
+    checked = {}
+    for key, value in values.items():
+        hint, default = fields[key]
+        fit = coerce(value, hint)
+        if fit is NO_FIT:
+            shown = default is not None and default is not inspect.Parameter.empty and not isinstance(default, dict)
+            like = f", like the default {default!r}" if shown else ""
+            raise config_error(source, section, key, f"got {value!r} ({type(value).__name__}); write {describe(hint)}{like}")
+        problem = value_problem(rules or section, key, fit)
+        if problem:
+            raise config_error(source, section, key, problem)
+        checked[key] = fit
+    for key, (_, default) in fields.items():
+        if default is inspect.Parameter.empty and key not in checked:
+            raise config_error(source, section, key, f"missing; add {key} = ... to [{section}]")
+    return checked
+
+
+def _checked_choice(source: str, section: str, key: str, values: dict[str, Any], valid: tuple[str, ...]) -> str:
+    """``values[key]`` if it is one of ``valid``; a ``ConfigError`` naming the key otherwise (also when missing)."""
+    if key not in values:
+        raise config_error(source, section, key, f"missing; use one of {', '.join(map(repr, valid))}")
+    problem = rule_problem(choice(valid), values[key])
+    if problem:
+        raise config_error(source, section, key, problem)
+    return values[key]
+
+
+def _raise_first(source: str, section: str, problems: Iterator[tuple[str, str]]) -> None:
+    """Raise a ``ConfigError`` for the first ``(key, problem)`` of ``problems``, if any."""
+    for key, problem in problems:
+        raise config_error(source, section, key, problem)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>",
+                 overrides: dict[str, dict[str, Any]] | None = None) -> Experiment:
+    """Check every section of a config dict, before any work, and build the typed ``[train]`` and ``[sample]``.
+
+    Args:
+        raw: ``{"model": {...}, "data": {...}, "train": {...}, "sample": {...}}`` (the last two optional).
+        source: the file name the errors name.
+        overrides: values that replace the file's, by section (the command line's ``--steps``, ``--n``, ...).
+    Raises:
+        ConfigError: ``<file>, [section] key: what is wrong; how to fix it`` for an unknown section or key, a
+            missing one, a mistyped or out-of-range value, values that disagree, or a device this machine lacks.
+    """
+    for name, section in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}, [{name}]: unknown section; {_closest(name, list(SECTIONS))}"
+                              f"valid sections are: {', '.join(SECTIONS)}")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}, [{name}]: {section!r} is not a table; write the keys under a [{name}] line")
+    for name in ("model", "data"):
+        if name not in raw:
+            raise ConfigError(f"{source}, [{name}]: missing section; every config needs [model] and [data]")
+    raw = {name: {**raw.get(name, {}), **(overrides or {}).get(name, {})} for name in SECTIONS}
+    check_model(raw["model"], source)
+    check_data(raw["data"], source)
+    train = checked_values(TrainConfig, raw["train"], "train", source)
+    _raise_first(source, "train", train_problems(train))
     return Experiment(
-        model=dict(raw["model"]),
-        data=dict(raw["data"]),
-        train=checked_call(TrainConfig, raw.get("train", {}), "train", source),
-        sample=checked_call(SampleConfig, raw.get("sample", {}), "sample", source),
+        model=raw["model"],
+        data=raw["data"],
+        train=TrainConfig(**train),
+        sample=SampleConfig(**checked_values(SampleConfig, raw["sample"], "sample", source)),
         source=source,
     )
 
 
-def load_config(path: str | Path) -> Experiment:
+def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Experiment:
     """Read and check a TOML config file; see ``parse_config``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist; see configs/ for examples")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"config file {str(path)!r} {problem}; pass a .toml file, see configs/ for examples")
     with open(path, "rb") as f:
         try:
             raw = tomllib.load(f)
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML ({error})") from error
-    return parse_config(raw, str(path))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid TOML ({error}); fix the file at that place") from error
+    return parse_config(raw, str(path), overrides)
+
+
+def check_model(section: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:
+    """Check the ``[model]`` section: ``type = "mlp"`` takes ``ToyMLP``'s arguments, ``type = "dit"`` ``DiTConfig``
+    fields, or ``preset = "DiT-S/2"`` (and optionally ``style``) plus overrides; returns the checked values."""
+    from minidit.dit import PRESETS, STYLES, DiTConfig
+    from minidit.toy import ToyMLP
+
+    values = dict(section)
+    model_type = _checked_choice(source, "model", "type", values, MODEL_TYPES)
+    del values["type"]
+    if model_type == "mlp":
+        return {"type": "mlp", **checked_values(ToyMLP, values, "model", source, ("type",), "model.mlp")}
+    names = {k: values.pop(k) for k in ("preset", "style") if k in values}
+    for key, value in names.items():
+        problem = value_problem("model.dit", key, value)
+        if problem:
+            raise config_error(source, "model", key, problem)
+    if "style" in names and "preset" not in names:
+        raise config_error(source, "model", "style", 'needs a preset; add e.g. preset = "DiT-S/2"')
+    values = checked_values(DiTConfig, values, "model", source, ("type", "preset", "style"), "model.dit")
+    defaults = {key: default for key, (_, default) in _fields(DiTConfig).items()}
+    merged = {**defaults, **PRESETS.get(names.get("preset"), {}), **STYLES[names.get("style", "DiT")], **values}
+    _raise_first(source, "model", dit_problems(merged))
+    return {"type": "dit", **names, **values}
 
 
 def build_model(section: dict[str, Any], source: str = "<dict>") -> nn.Module:
-    """Build the ``[model]`` section: ``type = "mlp"`` -> ``ToyMLP``; ``type = "dit"`` -> ``DiT``.
-
-    A DiT takes ``DiTConfig`` fields, or ``preset = "DiT-S/2"`` (and optionally ``style``) plus overrides.
-    """
-    values = dict(section)
-    model_type = check_choice("model type", values.pop("type", "missing"), MODEL_TYPES)
-    if model_type == "mlp":
-        from minidit.toy import ToyMLP
-
-        return checked_call(ToyMLP, values, "model", source, extra_keys=("type",))
+    """Build the ``[model]`` section (see ``check_model``): ``"mlp"`` -> ``ToyMLP``, ``"dit"`` -> ``DiT``."""
     from minidit.dit import DiT, DiTConfig
+    from minidit.toy import ToyMLP
 
-    preset = {k: values.pop(k) for k in ("preset", "style") if k in values}
-    values = checked_values(DiTConfig, values, "model", source, extra_keys=("type", "preset", "style"))
-    if "preset" in preset:
-        return DiT.from_preset(preset.pop("preset"), **preset, **values)
-    if preset:
-        raise ConfigError(f"{source}: [model] style needs a preset, e.g. preset = \"DiT-S/2\"")
-    return DiT(DiTConfig(**values))
+    values = check_model(section, source)
+    if values.pop("type") == "mlp":
+        return ToyMLP(**values)
+    preset, style = values.pop("preset", None), values.pop("style", "DiT")
+    return DiT.from_preset(preset, style, **values) if preset else DiT(DiTConfig(**values))
 
 
 def _data_builders() -> dict[str, Callable[..., Any]]:
@@ -195,8 +260,57 @@ def _data_builders() -> dict[str, Callable[..., Any]]:
             "imagenet64": datasets.imagenet64, "folder": datasets.image_folder}
 
 
-def build_data(section: dict[str, Any], source: str = "<dict>") -> Any:
-    """Build the ``[data]`` section: ``name`` is one of ``DATA_NAMES``, the other keys go to its builder."""
+def check_data(section: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:
+    """Check the ``[data]`` section: ``name`` is one of ``DATA_NAMES``, the other keys its builder's arguments."""
     values = dict(section)
-    name = check_choice("data name", values.pop("name", "missing"), DATA_NAMES)
-    return checked_call(_data_builders()[name], values, "data", source, extra_keys=("name",))
+    name = _checked_choice(source, "data", "name", values, DATA_NAMES)
+    del values["name"]
+    checked = checked_values(_data_builders()[name], values, "data", source, ("name",), f"data.{name}")
+    if name == "shapes":
+        _raise_first(source, "data", shapes_problems(checked))
+    return {"name": name, **checked}
+
+
+def build_data(section: dict[str, Any], source: str = "<dict>") -> Any:
+    """Build the ``[data]`` section (see ``check_data``)."""
+    values = check_data(section, source)
+    return _data_builders()[values.pop("name")](**values)
+
+
+def check_data_fits_model(model: nn.Module, data: Any, experiment: Experiment) -> None:
+    """Raise ``InputError`` naming the ``[model]`` key when ``model`` cannot learn ``data`` as built.
+
+    One sample of the data (batch 0, size 1) must have the shape the model works on (``dim`` of a ``ToyMLP``;
+    ``in_channels``, ``out_channels`` and ``input_size`` of a ``DiT``), and a DiT's ``num_classes`` must equal the
+    data's class count (0 for data without labels): with one class too few, the last class would train as the
+    null label of classifier-free guidance.
+    """
+    source, name = experiment.source, experiment.data.get("name")
+    x, conditioning = data.get_batch(0, 1)
+    shape = tuple(x.shape[1:])
+    config = getattr(model, "config", None)
+    if config is None:  # a ToyMLP on points (D,)
+        dim = model.input_layer.in_features
+        if shape != (dim,):
+            fix = f"set dim = {shape[0]}" if len(shape) == 1 else 'use type = "dit" for images'
+            raise config_error(source, "model", "dim", f"is {dim}, but the {name} data has samples of shape {shape}; {fix}")
+        return
+    if len(shape) != 3:
+        raise config_error(source, "model", "type", f'"dit" needs images, but the {name} data has samples of shape '
+                           f'{shape}; use type = "mlp"')
+    channels, height, width = shape
+    for key in ("in_channels", "out_channels"):
+        if getattr(config, key) != channels:
+            raise config_error(source, "model", key, f"is {getattr(config, key)}, but the {name} data has {channels} "
+                               f"channels; set {key} = {channels}")
+    if (height, width) != (config.input_size, config.input_size):
+        resizable = "resolution" in inspect.signature(_data_builders()[name]).parameters
+        alternative = f" or [data] resolution = {config.input_size}" if resizable else ""
+        raise config_error(source, "model", "input_size", f"is {config.input_size}, but the {name} data has "
+                           f"{height}x{width} images; set input_size = {height}{alternative}")
+    classes = getattr(data, "num_classes", 0) if "y" in conditioning else 0
+    if config.num_classes != classes:
+        found = f"has {classes} classes" if classes else "has no class labels"
+        extra = " (or [data] max_objects = 1 for labelled shapes)" if name == "shapes" and not classes else ""
+        raise config_error(source, "model", "num_classes", f"is {config.num_classes}, but the {name} data {found}; "
+                           f"set num_classes = {classes}{extra}")
