@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +244,7 @@ def build_book(
     root: Path | str = ".",
     out: Path | str = "_book",
     book_file: str = "book.toml",
-    execute: bool = False,
+    execute: bool | Collection[str] = False,
     quick: bool = True,
     timeout: int = 600,
 ) -> dict[str, float]:
@@ -256,24 +257,30 @@ def build_book(
         root: repository root (book.toml and the notebook folders live there).
         out: output folder; page ``notebooks/x.ipynb`` becomes ``out/notebooks/x.html``.
         book_file: manifest path relative to ``root``.
-        execute: run each notebook with nbclient before rendering (otherwise render stored outputs).
+        execute: run each notebook with nbclient before rendering (``True``), or only the notebooks whose paths
+            are listed; the others are rendered with their stored outputs.
         quick: with ``execute``, set ``MINIDIT_QUICK=1`` (else 0).
         timeout: seconds allowed per cell when executing.
     Returns:
         seconds each notebook took to execute, keyed by its path (empty without ``execute``).
     Raises:
-        ValueError: when a page would still load a resource over the network (naming the page and the URL).
+        ValueError: when a path listed in ``execute`` is not a page of the book, or a page would still load a
+            resource over the network (naming the page and the URL).
     """
     nbformat = require_nbformat()
     root, out = Path(root), Path(out)
     book = load_book(root / book_file)
     pages = _pages(book, root)
+    to_execute = {page.source for page in pages} if execute is True else set(execute or ())
+    unknown = sorted(to_execute - {page.source for page in pages})
+    if unknown:
+        raise ValueError(f"cannot execute {unknown}: not notebooks of {book_file}; choose from {[p.source for p in pages]}")
     copy_mathjax(out)
     exporter = book_exporter()
     timings = {}
     for page in pages:
         notebook = nbformat.read(root / page.source, as_version=4)
-        if execute:
+        if page.source in to_execute:
             timings[page.source] = execute_notebook(notebook, (root / page.source).parent, quick, timeout)
         static_widget_outputs(notebook)
         navigation = _navigation(page, pages)

@@ -19,11 +19,16 @@ from pathlib import Path
 MATHJAX_DIR = "_static/mathjax"  # relative to the book folder
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"  # the combined configuration jupyter-server-mathjax ships
 # nbconvert's lab template without the scripts it loads from CDNs: require.js and the widget manager (widget outputs
-# are made static by static_widget_outputs) and mermaid (no notebook draws mermaid diagrams).
+# are made static by static_widget_outputs) and mermaid (no notebook draws mermaid diagrams). MathJax is told to use
+# the only web font jupyter-server-mathjax ships, STIX-Web (its default TeX fonts are not in the package).
 BOOK_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block html_head_js_mathjax -%}
+<script>window.MathJax = {"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null}};</script>
+{{ super() }}
+{%- endblock html_head_js_mathjax -%}
 """
 REMOTE = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)  # http://, https://, ftp://, protocol-relative //
 LOCAL_SCHEMES = ("data:", "blob:", "about:", "javascript:", "#")
