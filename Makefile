@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m minidit demo
 
+# JupyterLab on the course, opening the first lecture; --allow-root when run as root (containers, classroom images).
+USER_ID ?= $(shell id -u)
+LAB_START ?= notebooks/01_interpolants_1d.ipynb
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(LAB_START) $(if $(filter 0,$(USER_ID)),--allow-root)
 
 test: setup
 	MINIDIT_QUICK=$(QUICK) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax --nbval-current-env tests notebooks solutions
