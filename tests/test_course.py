@@ -1,4 +1,4 @@
-"""Tests for minidit.course: exercise generation, automatic checks, book.toml and the HTML book."""
+"""Tests for minidit.course: exercise generation, automatic checks, hints, question answers, book.toml and the HTML book."""
 from __future__ import annotations
 
 import contextlib
@@ -13,11 +13,11 @@ import matplotlib
 import pytest
 import torch
 
-from minidit.course import CHECKS, check
+from minidit.course import CHECKS, QUESTIONS, check, check_answer, hint
 from minidit.course.__main__ import main
 from minidit.course.book import build_book, load_book, missing_notebooks, outline, unlisted_notebooks
 from minidit.course.checks import euler_maruyama_step
-from minidit.course.exercises import exercise_source, outdated_exercises, require_nbformat
+from minidit.course.exercises import exercise_notebook, exercise_source, outdated_exercises, require_nbformat
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -40,10 +40,17 @@ def run_notebook_in_process(path: Path) -> str:
     return printed.getvalue()
 
 
+def code_of(path: Path) -> str:
+    return "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+
+
 def checks_called(path: Path) -> list[str]:
-    names = re.findall(r"""check\(\s*["'](\w+)["']|\(["'](\w+)["'],\s*\w+\)""", "".join(
-        c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"))
+    names = re.findall(r"""check\(\s*["'](\w+)["']|\(["'](\w+)["'],\s*\w+\)""", code_of(path))
     return sorted({a or b for a, b in names} & set(CHECKS))
+
+
+def questions_asked(path: Path) -> list[str]:
+    return sorted(set(re.findall(r"""check_answer\(\s*["'](\w+)["']""", code_of(path))))
 
 
 # ---- exercise generation ------------------------------------------------------------------------------------
@@ -53,23 +60,43 @@ def test_exercise_source_replaces_regions_keeps_indent_and_drops_solution_only_l
         "def f(x):\n"
         "    y = 2\n"
         "    # BEGIN SOLUTION\n"
-        "    # HINT: return twice x\n"
-        "    # HINT: (use y)\n"
+        "    # GOAL: return twice x\n"
+        "    # GOAL: (use y)\n"
         "    return y * x\n"
         "    # END SOLUTION\n"
         "# BEGIN SOLUTION\n"
         "z = 1\n"
         "# END SOLUTION\n"
         "result = f(3)\n"
-        "assert result == 6  # SOLUTION-ONLY"
+        "assert result == 6  # SOLUTION-ONLY\n"
+        "guess = (64, 48)  # ANSWER"
     )
     assert exercise_source(source) == (
         "def f(x):\n"
         "    y = 2\n"
         "    raise NotImplementedError('Exercise: return twice x (use y)')\n"
         "raise NotImplementedError('Exercise: complete this code (see the text above)')\n"
-        "result = f(3)"
+        "result = f(3)\n"
+        "guess = None  # your answer"
     )
+
+
+def test_exercise_source_rejects_an_answer_marker_on_a_line_that_is_not_an_assignment():
+    with pytest.raises(ValueError, match="cell 2, line 1: '# ANSWER' marks a line `name = value  # ANSWER`"):
+        exercise_source("print(3)  # ANSWER", "demo.ipynb, cell 2")
+
+
+def test_exercise_notebook_drops_solution_only_markdown_cells():
+    solution = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("**Question 1.** Which?"),
+        nbformat.v4.new_code_cell("answer = 'vp'  # ANSWER"),
+        nbformat.v4.new_markdown_cell("<!-- SOLUTION-ONLY -->\n**Answer 1.** VP."),
+        nbformat.v4.new_markdown_cell("Mentions <!-- SOLUTION-ONLY --> inline only, so it stays."),
+    ])
+    exercise = exercise_notebook(solution)
+    assert [c.source for c in exercise.cells] == [
+        "**Question 1.** Which?", "answer = None  # your answer", "Mentions <!-- SOLUTION-ONLY --> inline only, so it stays."]
+    assert len(solution.cells) == 4
 
 
 @pytest.mark.parametrize("source", ["# BEGIN SOLUTION\nx = 1", "x = 1\n# END SOLUTION", "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION"])
@@ -101,6 +128,8 @@ def test_exercise_as_shipped_runs_to_the_end_reporting_not_implemented(path):
     printed = run_notebook_in_process(path)
     for name in names:
         assert f"{name}: not implemented yet" in printed
+    for name in questions_asked(path):
+        assert f"{name}: not answered yet" in printed
     assert "✓" not in printed and "✗" not in printed
 
 
@@ -111,6 +140,8 @@ def test_solution_passes_its_checks(path):
     printed = run_notebook_in_process(path)
     for name in names:
         assert re.search(rf"✓ {name}: all \d+ cases pass", printed), printed
+    for name in questions_asked(path):
+        assert f"✓ {name}: right." in printed, printed
 
 
 # ---- the checks ---------------------------------------------------------------------------------------------
@@ -201,6 +232,12 @@ def _sincos_2d_rows_and_columns_swapped(dim, grid_shape):
     return torch.cat([sincos_1d(dim // 2, columns.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
 
 
+def _sincos_1d_interleaved(dim, positions):
+    """[sin, cos, sin, cos, ...] per frequency instead of all sines, then all cosines."""
+    angles = positions.float()[:, None] * 10000.0 ** (-torch.arange(dim // 2) / (dim // 2))  # (T, dim / 2)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
 def _self_attention_heads_split_without_transpose(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads):
     """Heads split by reshaping (N, T, D) straight to (N, H, T, Dh), which mixes tokens and channels."""
     n, t, d = x.shape
@@ -230,12 +267,14 @@ MISTAKES = {
     "patchify": _patchify_channels_first,
     "unpatchify": _unpatchify_transposing_patches,
     "adaln_zero_block": _block_without_one_plus_scale,
+    "modulate": lambda h, shift, scale: h * scale.unsqueeze(1) + shift.unsqueeze(1),
     "rope_frequencies": _rope_frequencies_over_head_dim,
     "rope": _rotate_half,
     "rms_norm": lambda x, weight: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6) * weight,
     "qk_norm": _qk_norm_over_all_heads,
     "mixture_velocity": _mixture_velocity_without_logsumexp,
     "sliced_wasserstein": _sliced_wasserstein_with_sqrt_inside,
+    "sincos_1d": _sincos_1d_interleaved,
     "sincos_2d": _sincos_2d_rows_and_columns_swapped,
     "self_attention": _self_attention_heads_split_without_transpose,
 }
@@ -290,6 +329,218 @@ def test_failure_message_names_the_case_the_part_and_the_shapes():
 def test_unknown_check_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid checks are: .*'interpolant'"):
         check("interpolent", lambda: None)
+
+
+def test_a_failure_points_to_the_next_hint_levels():
+    result = check("patchify", _patchify_channels_first)
+    assert f"hint: {CHECKS['patchify'].hints[0]} (more: hint('patchify', 2) ... hint('patchify', 3))" in result.message
+
+
+# ---- hints in levels ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_every_check_has_at_least_two_distinct_hint_levels(name):
+    hints = CHECKS[name].hints
+    assert len(hints) >= 2 and len(set(hints)) == len(hints)
+
+
+def test_hint_prints_the_level_asked_for(capsys):
+    for level, text in enumerate(CHECKS["patchify"].hints, start=1):
+        hint("patchify", level)
+        assert capsys.readouterr().out == f"hint patchify ({level} of 3): {text}\n"
+    hint("patchify")
+    assert capsys.readouterr().out.startswith("hint patchify (1 of 3): ")
+
+
+@pytest.mark.parametrize("name, level, error", [
+    ("patchfy", 1, r"^unknown hint 'patchfy'; valid hints are: .*'patchify'"),
+    ("patchify", 4, r"^hint 'patchify' has levels 1 to 3; got 4$"),
+    ("patchify", 0, r"^hint 'patchify' has levels 1 to 3; got 0$"),
+    ("patchify", "2", r"^hint 'patchify' has levels 1 to 3; got '2'$"),
+])
+def test_unknown_hint_or_level_is_a_one_line_error_listing_the_valid_ones(name, level, error):
+    with pytest.raises(ValueError, match=error) as raised:
+        hint(name, level)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_check_needs_two_hint_levels():
+    from minidit.course.checks import Check
+
+    with pytest.raises(ValueError, match="has 1 hint"):
+        Check(name="x", reference=lambda: 0, cases=list, hints=("only one",))
+
+
+# ---- a wrong helper is named --------------------------------------------------------------------------------
+
+HELPER_SOURCES = {  # (dependent check, helper): a wrong helper and a correct dependent function that calls it
+    ("qk_norm", "rms_norm"): """
+def rms_norm(x, weight, eps=1e-6):
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps) * weight  # subtracts the mean: LayerNorm
+
+def qk_norm(q, k, query_weight, key_weight):
+    return rms_norm(q, query_weight), rms_norm(k, key_weight)
+""",
+    ("adaln_zero_block", "modulate"): """
+def modulate(h, shift, scale):
+    return h * scale.unsqueeze(1) + shift.unsqueeze(1)  # forgets the 1 + scale
+
+def adaln_zero_block(block, x, c, grid_shape):
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.modulation(c).chunk(6, dim=-1)
+    x = x + gate_msa.unsqueeze(1) * block.attn(modulate(block.norm1(x), shift_msa, scale_msa), grid_shape)
+    return x + gate_mlp.unsqueeze(1) * block.mlp(modulate(block.norm2(x), shift_mlp, scale_mlp))
+""",
+    ("sincos_2d", "sincos_1d"): """
+def sincos_1d(dim, positions):
+    angles = positions.float()[:, None] * 10000.0 ** (-torch.arange(dim // 2) / (dim // 2))
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)  # cosines first
+
+def sincos_2d(dim, grid_shape):
+    rows, columns = torch.meshgrid(torch.arange(grid_shape[0]), torch.arange(grid_shape[1]), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, columns.flatten())], dim=-1)
+""",
+}
+
+
+def learner_namespace(source: str) -> dict:
+    """Run ``source`` as a notebook cell would, in a namespace of its own, and return that namespace."""
+    namespace = {"torch": torch}
+    exec(compile(source, "notebook cell", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("dependent, helper", sorted(HELPER_SOURCES))
+def test_a_wrong_helper_is_named_instead_of_the_function_that_calls_it(dependent, helper):
+    namespace = learner_namespace(HELPER_SOURCES[dependent, helper])
+    helper_message = check(helper, namespace[helper]).message
+    result = check(dependent, namespace[dependent])
+    assert result.status == "fail"
+    assert result.message.startswith(f"✗ {dependent}: your `{helper}` is wrong, fix it first: case 1 of ")
+    assert result.message.split("fix it first: ", 1)[1] == helper_message.split(f"✗ {helper}: ", 1)[1]
+
+
+@pytest.mark.parametrize("dependent, helper", sorted(HELPER_SOURCES))
+def test_a_right_helper_is_not_blamed_and_a_right_pair_passes(dependent, helper):
+    namespace = learner_namespace(HELPER_SOURCES[dependent, helper])
+    namespace[helper] = CHECKS[helper].reference  # the helper fixed
+    assert check(dependent, namespace[dependent]).status == "pass"
+    reference = CHECKS[dependent].reference
+    result = check(dependent, lambda *args: _perturbed(reference(*args)))  # a wrong dependent that calls no helper
+    assert result.status == "fail" and "your `" not in result.message
+
+
+def test_an_unfinished_helper_reports_the_dependent_as_not_implemented():
+    namespace = learner_namespace(HELPER_SOURCES["qk_norm", "rms_norm"])
+    namespace["rms_norm"] = lambda x, weight: (_ for _ in ()).throw(NotImplementedError("Exercise: rms_norm"))
+    assert check("qk_norm", namespace["qk_norm"]).status == "not_implemented"
+
+
+# ---- questions ------------------------------------------------------------------------------------------------
+
+def test_a_right_answer_passes_and_prints_the_measurement():
+    result = check_answer("tokens_per_image", (64, 48))
+    assert result.status == "pass" and "tokens of shape (1, 64, 48)" in result.message
+    assert check_answer("peak_speed_path", " VP ").status == "pass"  # choices ignore case and spaces
+
+
+@pytest.mark.parametrize("name, answer, problem", [
+    ("tokens_per_image", (16, 48), "you answered (16, 48); minidit computes (64, 48)."),
+    ("tokens_per_image", 64, "expected 2 number(s), got 64; minidit computes (64, 48)."),
+    ("tokens_per_image", "sixty-four", "'sixty-four' is not a number (or a tuple of numbers)"),
+    ("peak_speed_path", "linear", "you answered 'linear'; minidit computes 'vp'."),
+    ("peak_speed_path", "cosine", "'cosine' is not one of 'linear', 'gvp', 'vp'"),
+    ("qk_norm_max_logit", 64.0, "you answered 64.0; minidit computes 8."),
+])
+def test_a_wrong_answer_fails_and_says_what_minidit_computes(name, answer, problem):
+    result = check_answer(name, answer)
+    assert result.status == "fail" and result.message.startswith(f"✗ {name}: {problem}")
+
+
+def test_numeric_answers_are_compared_within_the_question_tolerance():
+    assert check_answer("qk_norm_max_logit", 8.05).status == "pass"  # rtol 1%
+    assert check_answer("qk_norm_max_logit", 8.2).status == "fail"
+
+
+def test_an_unanswered_question_is_reported_not_raised():
+    result = check_answer("row_pairs", None)
+    assert result.status == "not_answered"
+    assert result.message == ("… row_pairs: not answered yet (With head_dim = 10, how many channel pairs rotate with the row? "
+                              "Write your answer into `row_pairs` and run again)")
+    with pytest.raises(ValueError, match="valid questions are: .*'row_pairs'"):
+        check_answer("rows_pairs", 3)
+
+
+def test_the_expected_answer_is_computed_by_minidit_when_checked(monkeypatch):
+    import minidit.dit
+
+    assert check_answer("tokens_per_image", (64, 48)).passed
+    monkeypatch.setattr(minidit.dit, "patchify", lambda x, p: torch.zeros(1, 16, 192))  # as if patches were 8 x 8
+    assert check_answer("tokens_per_image", (16, 192)).passed
+    assert not check_answer("tokens_per_image", (64, 48)).passed
+
+
+@pytest.mark.parametrize("name", sorted(QUESTIONS))
+def test_every_question_computes_an_answer_of_its_kind(name):
+    question = QUESTIONS[name]
+    expected, measured = question.compute()
+    assert measured.endswith(".") and len(measured) > 20
+    if question.choices:
+        assert expected in question.choices
+    else:
+        assert all(math.isfinite(value) for value in torch.as_tensor(expected, dtype=torch.float64).flatten().tolist())
+    assert check_answer(name, expected).passed
+
+
+# ---- what the exercises ask and say ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_every_exercise_asks_at_least_two_questions_and_its_solution_answers_each(path):
+    def numbers(notebook: Path, heading: str) -> set[int]:
+        found = set()
+        for cell in nbformat.read(notebook, as_version=4).cells:
+            if cell.cell_type == "markdown":
+                for match in re.finditer(rf"\*\*{heading}s? ([\d, and]+)", cell.source):
+                    found |= {int(n) for n in re.findall(r"\d+", match.group(1))}
+        return found
+
+    asked = numbers(path, "Question")
+    assert len(asked) >= 2, f"{path.name} asks {len(asked)} question(s)"
+    assert numbers(ROOT / "solutions" / path.name, "Answer") == asked
+    assert numbers(path, "Answer") == set(), "answers belong in SOLUTION-ONLY cells"
+    assert set(questions_asked(path)) <= set(QUESTIONS)
+
+
+def test_every_question_is_asked_by_one_exercise():
+    asked = [name for path in EXERCISES for name in questions_asked(path)]
+    assert sorted(asked) == sorted(QUESTIONS)
+
+
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_every_not_implemented_message_states_a_goal_with_shapes(path):
+    messages = re.findall(r"raise NotImplementedError\((.*)\)", code_of(path))
+    assert messages, f"{path.name} has nothing to implement"
+    for message in messages:
+        assert message.strip("'\"").startswith("Exercise: ") and "complete this code" not in message, message
+        assert re.search(r"\((N|T|h|\.\.\.)[, ]|shape", message), f"{path.name}: no tensor shape in {message}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_every_exercise_function_is_checked_and_has_hints(path):
+    code = code_of(path)
+    written = [name for cell in re.split(r"\n(?=\S)", code) if "# BEGIN SOLUTION" in cell
+               for name in re.findall(r"^def (\w+)\(", cell, flags=re.M)]
+    assert written, f"{path.name} has no exercise function"
+    pairs = re.findall(r"""check\(\s*["'](\w+)["'],\s*(\w+)\)|\(["'](\w+)["'],\s*(\w+)\)""", code)
+    checked = {function or function_in_list: name or name_in_list for name, function, name_in_list, function_in_list in pairs
+               if (name or name_in_list) in CHECKS}
+    for function in written:
+        assert function in checked, f"{path.name}: `{function}` is never passed to check()"
+        assert len(CHECKS[checked[function]].hints) >= 2
+
+
+@pytest.mark.parametrize("path", EXERCISES + SOLUTIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_exercise_or_solution_selects_a_matplotlib_backend(path):
+    assert not re.search(r"matplotlib\.use\(|%matplotlib (agg|Agg)", code_of(path))
 
 
 def test_euler_maruyama_reference_is_the_step_minidit_sample_sde_takes():
