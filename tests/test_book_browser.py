@@ -1,26 +1,26 @@
-"""Browser test of the HTML book: headless Chromium follows a table-of-contents link and renders a figure.
+"""Browser test of the real HTML book, offline: maths typeset, figures drawn, links followed, nothing fetched remotely.
 
-Talks to Chromium over the DevTools protocol (``websocket-client``); skipped when no Chromium is installed.
+Builds book.toml with the first lecture executed quickly (``MINIDIT_QUICK=1``; the other notebooks are rendered with
+their stored outputs), opens it from disk in headless Chromium whose network is cut three ways (DevTools offline
+emulation, a proxy that refuses, a host resolver that resolves nothing), records every request the pages make, and
+asserts that none left the machine. Talks to Chromium over the DevTools protocol (``websocket-client``); skipped only
+when no Chromium is installed (.ci/run installs it).
 """
 from __future__ import annotations
 
 import base64
-import io
 import json
+import re
 import shutil
+import struct
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-import matplotlib
 import pytest
 
-from minidit.course.book import build_book
-from minidit.course.exercises import require_nbformat
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from minidit.course.book import build_book, load_book
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
@@ -29,14 +29,22 @@ pytestmark = pytest.mark.skipif(
 )
 websocket = pytest.importorskip("websocket", reason="the browser test needs websocket-client: pip install websocket-client")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", "--window-size=1000,800")
+         "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", "--window-size=1000,800",
+         "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND")  # every remote request fails
+LOCAL = ("file:", "data:", "about:", "blob:")
+BOOK = load_book(ROOT / "book.toml")
+LECTURE = next(chapter for chapter in BOOK.chapters if chapter.lecture)  # executed: its figures must show
+LECTURE_PAGE = Path(LECTURE.lecture).with_suffix(".html").as_posix()
+# MathJax looks for locally installed TeX fonts before using the STIX-Web web font it is configured with (the only
+# one jupyter-server-mathjax ships); those look-ups of files under the book are the only loads allowed to fail.
+MATHJAX_FONT_PROBES = "/_static/mathjax/fonts/HTML-CSS/TeX/otf/"
 
 
 class Browser:
-    """Headless Chromium driven over the DevTools protocol: evaluate JavaScript, wait, take screenshots."""
+    """Headless Chromium driven over the DevTools protocol, offline, recording every request a page makes."""
 
-    def __init__(self, user_data_dir: Path, url: str, timeout: float = 60):
-        self.process = subprocess.Popen([BROWSER, *FLAGS, f"--user-data-dir={user_data_dir}", url],
+    def __init__(self, user_data_dir: Path, timeout: float = 60):
+        self.process = subprocess.Popen([BROWSER, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file, deadline = user_data_dir / "DevToolsActivePort", time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -47,28 +55,53 @@ class Browser:
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout))
         page = next(target for target in targets if target["type"] == "page")
         self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
-        self.message_id = 0
+        self.message_id, self.events = 0, []
+        self.command("Network.enable")
+        self.command("Network.emulateNetworkConditions", offline=True, latency=0, downloadThroughput=-1, uploadThroughput=-1)
 
     def command(self, method: str, **params) -> dict:
         self.message_id += 1
         self.socket.send(json.dumps({"id": self.message_id, "method": method, "params": params}))
-        while True:  # skip events until the answer to this command arrives
+        while True:  # keep events (requests, failures) until the answer to this command arrives
             message = json.loads(self.socket.recv())
             if message.get("id") == self.message_id:
                 if "error" in message:
                     raise RuntimeError(f"{method} failed: {message['error']}")
                 return message["result"]
+            self.events.append(message)
 
     def evaluate(self, expression: str):
         return self.command("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 30):
         deadline = time.monotonic() + timeout
-        while not (value := self.evaluate(expression)):
+        while not (value := self._evaluate_unless_navigating(expression)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout} s for: {expression}; page is {self.evaluate('location.href')}")
             time.sleep(0.1)
         return value
+
+    def _evaluate_unless_navigating(self, expression: str):
+        """``evaluate``, or ``None`` when the page navigated away while it ran (a click's new page is loading)."""
+        try:
+            return self.evaluate(expression)
+        except RuntimeError as error:
+            if "navigated or closed" in str(error):
+                return None
+            raise
+
+    def click_link(self, text: str, page: str) -> None:
+        """Click the first link whose text is ``text`` and wait until ``page`` (a path ending) has loaded."""
+        self.evaluate(f"[...document.querySelectorAll('a')].find(a => a.textContent === {json.dumps(text)}).click()")
+        self.wait_for(f"location.href.endsWith({json.dumps('/' + page)}) && document.readyState === 'complete'")
+
+    def requests(self) -> list[str]:
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+    def failed_requests(self) -> list[str]:
+        urls = {e["params"]["requestId"]: e["params"]["request"]["url"] for e in self.events
+                if e.get("method") == "Network.requestWillBeSent"}
+        return [urls.get(e["params"]["requestId"], "?") for e in self.events if e.get("method") == "Network.loadingFailed"]
 
     def close(self) -> None:
         self.socket.close()
@@ -76,63 +109,62 @@ class Browser:
         self.process.wait(timeout=30)
 
 
-def figure_output(nbformat):
-    """A notebook output holding a real matplotlib PNG."""
-    figure, axes = plt.subplots(figsize=(3, 2))
-    axes.plot([0, 1, 2], [0, 1, 0])
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"})
+def first_png_width(page: Path) -> int:
+    """Width in pixels of the first PNG embedded in ``page`` (read from its IHDR header)."""
+    data = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page.read_text(encoding="utf-8")).group(1)
+    return struct.unpack(">I", base64.b64decode(data[:64])[16:20])[0]
 
 
 @pytest.fixture(scope="module")
-def tiny_book(tmp_path_factory) -> Path:
-    """A two-chapter book whose second lecture shows a figure and whose second chapter has two exercises."""
-    nbformat = require_nbformat()
-    root = tmp_path_factory.mktemp("tiny_book")
-    (root / "notebooks").mkdir()
-    for number, name in ((1, "alpha"), (2, "beta")):
-        cell = nbformat.v4.new_code_cell("plt.plot([0, 1, 2], [0, 1, 0])", outputs=[figure_output(nbformat)], execution_count=1)
-        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# Lecture {name}"), cell])
-        nbformat.write(notebook, root / "notebooks" / f"0{number}_{name}.ipynb")
-    for folder in ("exercises", "solutions"):
-        (root / folder).mkdir()
-        for name in ("03_gamma", "04_delta"):
-            notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {folder} {name}")])
-            nbformat.write(notebook, root / folder / f"{name}.ipynb")
-    (root / "book.toml").write_text(
-        'title = "Tiny book"\n'
-        '[[chapter]]\nid = "alpha"\ntitle = "Alpha chapter"\nlecture = "notebooks/01_alpha.ipynb"\n'
-        '[[chapter]]\nid = "beta"\ntitle = "Beta chapter"\nlecture = "notebooks/02_beta.ipynb"\nprerequisites = ["alpha"]\n'
-        'exercises = ["exercises/03_gamma.ipynb", "exercises/04_delta.ipynb"]\n'
-        'solutions = ["solutions/03_gamma.ipynb", "solutions/04_delta.ipynb"]\n'
-    )
-    build_book(root, root / "_book")
-    return root / "_book"
+def real_book(tmp_path_factory) -> Path:
+    """The course's book, its first lecture executed in quick mode."""
+    out = tmp_path_factory.mktemp("real_book") / "_book"
+    build_book(ROOT, out, execute=[LECTURE.lecture], quick=True, timeout=600)
+    return out
 
 
-def test_toc_link_opens_the_chapter_page_and_its_figure_renders(tiny_book, tmp_path):
-    browser = Browser(tmp_path / "profile", (tiny_book / "index.html").as_uri())
+def test_real_book_typesets_maths_and_shows_figures_with_the_network_off(real_book, tmp_path):
+    browser = Browser(tmp_path / "profile")
     try:
-        browser.wait_for("document.readyState === 'complete' && document.title === 'Tiny book'")
-        browser.evaluate("document.querySelector('#toc a[href$=\"02_beta.html\"]').click()")
-        browser.wait_for("location.href.endsWith('/notebooks/02_beta.html') && document.readyState === 'complete'")
-        assert browser.evaluate("document.title") == "Beta chapter (lecture)"
-        width = browser.wait_for("(() => { const img = document.querySelector('img[src^=\"data:image/png\"]');"
-                                 " return img && img.complete ? img.naturalWidth : 0; })()")
-        assert width == 300  # figsize 3 inches at matplotlib's default 100 dpi
+        browser.command("Page.navigate", url=(real_book / "index.html").as_uri())
+        browser.wait_for(f"document.readyState === 'complete' && document.title === {json.dumps(BOOK.title)}")
+        browser.evaluate(f"document.querySelector('#toc a[href={json.dumps(LECTURE_PAGE)}]').click()")
+        browser.wait_for(f"location.href.endsWith({json.dumps('/' + LECTURE_PAGE)}) && document.readyState === 'complete'")
+        assert browser.evaluate("document.title") == f"{LECTURE.title} (lecture)"
+
+        browser.evaluate("window.typeset = false; (function wait() { if (window.MathJax && MathJax.Hub) "
+                         "MathJax.Hub.Queue(() => { window.typeset = true; }); else setTimeout(wait, 50); })()")
+        browser.wait_for("window.typeset", timeout=60)
+        assert browser.evaluate("document.querySelectorAll('.MathJax, .MathJax_Display').length") > 10
+        assert browser.evaluate("document.querySelectorAll('.merror').length") == 0, "a TeX error in the lecture"
+        markdown = browser.evaluate("[...document.querySelectorAll('.jp-RenderedMarkdown')].map(e => e.innerText).join('\\n')")
+        assert re.findall(r"\$[^$\n]+\$", markdown) == [], "maths left as raw $...$"
+
+        drawn = browser.evaluate("[...document.querySelectorAll('img[src^=\"data:image/png\"]')]"
+                                 ".filter(img => img.complete && img.naturalWidth > 0).map(img => img.naturalWidth)")
+        assert drawn, "the executed lecture shows no inline figure"
+        assert drawn[0] == first_png_width(real_book / LECTURE_PAGE)
+        text = browser.evaluate("document.body.innerText")
+        assert "IProgress not found" not in text and "Reference full run" in text
         screenshot = base64.b64decode(browser.command("Page.captureScreenshot", format="png")["data"])
         assert screenshot.startswith(b"\x89PNG")
         (ROOT / "runs").mkdir(exist_ok=True)
         (ROOT / "runs" / "book_screenshot.png").write_bytes(screenshot)
-        browser.evaluate("[...document.querySelectorAll('a')].find(a => a.textContent === 'solution 04_delta').click()")
-        browser.wait_for("location.href.endsWith('/solutions/04_delta.html') && document.readyState === 'complete'")
-        assert browser.evaluate("document.title") == "Beta chapter (solution 04_delta)"
-        browser.evaluate("[...document.querySelectorAll('a')].find(a => a.textContent === 'lecture').click()")
-        browser.wait_for("location.href.endsWith('/notebooks/02_beta.html') && document.readyState === 'complete'")
-        browser.evaluate("[...document.querySelectorAll('a')].find(a => a.textContent === '← previous').click()")
-        browser.wait_for("location.href.endsWith('/notebooks/01_alpha.html') && document.readyState === 'complete'")
-        assert browser.evaluate("document.title") == "Alpha chapter (lecture)"
+
+        browser.click_link("solution", LECTURE.solutions[0].replace(".ipynb", ".html"))
+        assert browser.evaluate("document.title") == f"{LECTURE.title} (solution)"
+        browser.click_link("lecture", LECTURE_PAGE)
+        browser.click_link("Contents", "index.html")
+        several = next(chapter for chapter in BOOK.chapters if len(chapter.solutions) > 1)
+        name = Path(several.solutions[1]).stem
+        browser.click_link(f"solution {name}", f"solutions/{name}.html")
+        assert browser.evaluate("document.title") == f"{several.title} (solution {name})"
+        browser.click_link("← previous", f"exercises/{name}.html")
+        assert browser.evaluate("document.title") == f"{several.title} (exercise {name})"
+
+        requests = browser.requests()
+        assert any(url.endswith("/_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe") for url in requests)
+        assert [url for url in requests if not url.startswith(LOCAL)] == [], "a request left the machine"
+        assert [url for url in browser.failed_requests() if MATHJAX_FONT_PROBES not in url and not url.startswith("about:")] == []
     finally:
         browser.close()
