@@ -88,10 +88,10 @@ def sample_command(args: argparse.Namespace) -> Path:
 
 def check_png_path(path: str) -> None:
     """Raise ``InputError`` unless ``path`` names a PNG file that can be written (checked before any work)."""
-    if Path(path).suffix.lower() != ".png":
-        raise InputError(f"--out {path!r}: the samples are saved as a PNG image; name a .png file, e.g. --out samples.png")
     if Path(path).is_dir():
         raise InputError(f"--out {path!r}: is a folder; name a .png file in it, e.g. --out {Path(path) / 'samples.png'}")
+    if Path(path).suffix.lower() != ".png":
+        raise InputError(f"--out {path!r}: the samples are saved as a PNG image; name a .png file, e.g. --out samples.png")
     folder = next(p for p in Path(path).absolute().parents if p.exists())
     if not os.access(folder, os.W_OK):
         raise InputError(f"--out {path!r}: folder {str(folder)!r} is not writable; choose a folder you can write to")

@@ -259,8 +259,8 @@ class DiT(nn.Module):
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[int, int]:
         """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``.
 
-        The value check ``0 <= t <= 1`` needs a device sync, so it runs eagerly but is skipped under
-        ``torch.compile``.
+        The value checks ``0 <= t <= 1`` and ``0 <= y <= num_classes`` need a device sync, so they run eagerly
+        but are skipped under ``torch.compile``.
         """
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
@@ -274,11 +274,19 @@ class DiT(nn.Module):
             check_time(t)
         if self.y_embedder is None and y is not None:
             raise ValueError("this model is unconditional (num_classes=0); call it without y")
-        if self.y_embedder is not None and (y is None or y.shape != (x.shape[0],) or torch.is_floating_point(y)):
-            raise ValueError(
-                f"class-conditional model: y must be a long tensor of shape (N,) = ({x.shape[0]},) with labels "
-                f"in [0, {cfg.num_classes}]; use label {cfg.num_classes} (the null label) for unconditional output"
-            )
+        if self.y_embedder is not None:
+            null = f"label {cfg.num_classes} is the null label, for unconditional output"
+            if y is None or y.shape != (x.shape[0],) or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+                raise ValueError(
+                    f"class-conditional model: y must be an integer (long) tensor of shape (N,) = ({x.shape[0]},) "
+                    f"with labels in [0, {cfg.num_classes}]; {null}"
+                )
+            if not torch.compiler.is_compiling():
+                outside = (y < 0) | (y > cfg.num_classes)
+                if bool(outside.any()):
+                    raise ValueError(
+                        f"class labels must lie in [0, {cfg.num_classes}] ({null}); got values such as {y[outside][:3].tolist()}"
+                    )
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop: Tensor | None = None) -> Tensor:

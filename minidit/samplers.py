@@ -65,8 +65,8 @@ class _CountedField:
 
 
 def _check_steps(steps: int) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (not a bool), got {steps!r}")
 
 
 def _output(x: Tensor, nfe: int, states: list[Tensor], times: list[float]) -> SamplerOutput:
@@ -177,7 +177,7 @@ def sample_sde(
         interpolant: the path the velocity belongs to (needed for ``w_t`` and for the score from ``v``).
         steps: number of Euler–Maruyama steps, ``>= 1``.
         diffusion: name of ``w_t`` (see ``diffusion_coefficient``); ``"zero"`` gives Euler on the ODE.
-        diffusion_scale: multiplies ``w_t``, ``>= 0``.
+        diffusion_scale: multiplies ``w_t``, finite and ``>= 0``.
         score_fn: ``s(x, t) -> (N, ...)``; ``None`` derives it from the velocity (affine in ``v``, SiT eq. 7),
             costing no extra evaluation.
         time_eps: keeps the grid inside ``[time_eps, 1 - time_eps]``, ``0 < time_eps < 0.5``.
@@ -194,8 +194,8 @@ def sample_sde(
     _check_steps(steps)
     if not 0 < time_eps < 0.5:
         raise ValueError(f"time_eps must lie in (0, 0.5) so the grid avoids t = 0 and t = 1; got {time_eps}")
-    if diffusion_scale < 0:
-        raise ValueError(f"diffusion_scale must be >= 0 (w_t is a variance rate); got {diffusion_scale}")
+    if not (math.isfinite(diffusion_scale) and diffusion_scale >= 0):
+        raise ValueError(f"diffusion_scale must be finite and >= 0 (w_t is a variance rate); got {diffusion_scale}")
     path = get_interpolant(interpolant)
     velocity = _CountedField(velocity_fn, "velocity_fn")
     score = _CountedField(score_fn, "score_fn") if score_fn is not None else None

@@ -15,6 +15,7 @@ Used by notebooks/02_flows_2d.ipynb and solutions/02_predictions.ipynb.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,8 @@ def convert(pred: Tensor, x_t: Tensor, t: Tensor, interpolant: Interpolant | str
         src, dst: each one of ``"velocity"``, ``"score"``, ``"noise"``, ``"data"``.
     Returns:
         the ``dst`` prediction, ``(N, ...)``.
+    Raises:
+        ValueError: if ``t`` holds an end (0 or 1) where this conversion divides by zero (``singular_ends``).
     """
     check_choice("prediction", src, PREDICTIONS)
     check_choice("prediction", dst, PREDICTIONS)
@@ -57,6 +60,32 @@ def convert(pred: Tensor, x_t: Tensor, t: Tensor, interpolant: Interpolant | str
     if src == dst:
         return pred
     path = get_interpolant(interpolant)
+    for end in singular_ends(path, src, dst):
+        if bool((torch.as_tensor(t) == end).any()):
+            raise ValueError(
+                f"converting {src} to {dst} on the {path.name} path divides by zero at t = {end}; keep t inside "
+                f"[time_eps, 1 - time_eps] with time_eps > 0, e.g. 1e-3 (default_time_eps gives the training value)"
+            )
+    return _convert(pred, x_t, t, path, src, dst)
+
+
+def singular_ends(interpolant: Interpolant | str, src: str, dst: str) -> tuple[float, ...]:
+    """The ends ``t = 0`` and/or ``t = 1`` where converting ``src`` to ``dst`` divides by zero on this path.
+
+    Found by running the conversion at both ends (a zero ``sigma_0`` or ``alpha_1``, or the VP path's infinite
+    ``sigma'_0``, gives a non-finite result); e.g. ``("data", "velocity")`` on the linear path is singular at 0.
+    """
+    check_choice("prediction", src, PREDICTIONS)
+    check_choice("prediction", dst, PREDICTIONS)
+    if src == dst:
+        return ()
+    path = get_interpolant(interpolant)
+    out = _convert(torch.ones(2, 1), torch.ones(2, 1), torch.tensor([0.0, 1.0]), path, src, dst)  # (2, 1)
+    return tuple(end for end, value in zip((0.0, 1.0), out[:, 0].tolist()) if not math.isfinite(value))
+
+
+def _convert(pred: Tensor, x_t: Tensor, t: Tensor, path: Interpolant, src: str, dst: str) -> Tensor:
+    """``convert`` without checks: the affine map through ``(x0, eps)``."""
     a, s, da, ds = (expand_time(c, x_t) for c in path.coefficients(t))
     # 1. recover (x0, eps) from the source prediction.
     if src == "data":
@@ -79,39 +108,41 @@ def convert(pred: Tensor, x_t: Tensor, t: Tensor, interpolant: Interpolant | str
     return da * x0 + ds * eps
 
 
-def _error_scale(prediction: str, a: Tensor, s: Tensor, lam: Tensor) -> Tensor:
-    """``k_t`` such that the prediction's error equals ``k_t`` times the score error at fixed ``x_t``."""
-    if prediction in ("score", "noise"):
-        return s  # sigma s + eps = sigma (s - s*);  eps_hat - eps* = -sigma (s - s*)
-    if prediction == "data":
-        return s**2 / a  # x0 = (x_t + sigma^2 s) / alpha
-    return -lam * s  # v = (alpha'/alpha) x_t - lambda sigma s
-
-
 def loss_weight(t: Tensor, interpolant: Interpolant | str, prediction: str, weighting: str) -> Tensor:
     """Per-time weight ``w(t)`` that multiplies the prediction's own squared error.
 
     ``"none"``: 1. ``"velocity"``: makes the loss equal the velocity MSE (``lambda_t^2`` for score and noise
     models). ``"likelihood"``: the score loss weighted by ``lambda_t sigma_t`` (``lambda_t / sigma_t`` on
     ``|sigma s + eps|^2`` for score and noise models). Shape of ``t``.
+
+    Each prediction's error is ``k_t`` times the score error at fixed ``x_t`` (``k = sigma`` for score and noise,
+    ``sigma^2 / alpha`` for data, ``-lambda sigma`` for velocity), so ``"velocity"`` is ``(lambda sigma / k)^2``
+    and ``"likelihood"`` is ``lambda sigma / k^2``; they are written out in closed form, so the velocity
+    weighting of a velocity model is exactly 1 at both ends instead of ``0 / 0``.
     """
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("weighting", weighting, WEIGHTINGS)
-    if weighting == "none":
-        return torch.ones_like(check_time(t))
+    t = check_time(t)
+    if weighting == "none" or (weighting == "velocity" and prediction == "velocity"):
+        return torch.ones_like(t)
     path = get_interpolant(interpolant)
     a, s, da, ds = path.coefficients(t)
     lam = ds - da * s / a
-    k = _error_scale(prediction, a, s, lam)
     if weighting == "velocity":
-        return (lam * s / k) ** 2
-    return lam * s / k**2
+        return lam**2 if prediction in ("score", "noise") else (lam * a / s) ** 2  # data
+    if prediction in ("score", "noise"):
+        return lam / s
+    return 1 / (lam * s) if prediction == "velocity" else lam * a**2 / s**3  # likelihood of velocity / data
 
 
 def default_time_eps(interpolant: Interpolant | str, prediction: str, weighting: str = "none") -> float:
-    """Train-time epsilon: 0 where the loss is finite on all of [0, 1], else 1e-3 (SiT trains on [eps, 1 - eps]).
+    """Train-time epsilon: 0 where training and sampling are finite on all of [0, 1], else 1e-3 (SiT trains on
+    [eps, 1 - eps]).
 
-    Only the velocity loss on the linear and GVP paths is finite at both ends.
+    That needs a velocity model (sampling converts nothing, ``singular_ends`` is empty), a finite velocity target
+    (the VP path's ``sigma'`` is infinite at ``t = 0``) and a finite ``loss_weight`` at both ends: ``"none"`` or
+    ``"velocity"`` weighting (``"likelihood"`` is ``1 / (lambda_t sigma_t)``, infinite at ``t = 0``). So only the
+    velocity loss on the linear and GVP paths gets 0.
     """
     name = get_interpolant(interpolant).name
     return 0.0 if (prediction == "velocity" and weighting in ("none", "velocity") and name in ("linear", "gvp")) else 1e-3

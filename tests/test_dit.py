@@ -147,8 +147,14 @@ def test_bad_inputs_raise_clear_errors():
             model(x, bad_t, y)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         model(x, torch.tensor([0.5, 1.5]), y)
-    with pytest.raises(ValueError, match="y must be a long tensor"):
+    with pytest.raises(ValueError, match=r"y must be an integer \(long\) tensor of shape \(N,\) = \(2,\) with labels in \[0, 5\]"):
         model(x, torch.rand(2))
+    with pytest.raises(ValueError, match=r"y must be an integer \(long\) tensor .* label 5 is the null label"):
+        model(x, torch.rand(2), torch.tensor([True, False]))
+    for bad in ([0, 6], [-1, 2]):  # 5 classes: 0..4, and 5 for the null label
+        with pytest.raises(ValueError, match=rf"class labels must lie in \[0, 5\] .*; got values such as \[{bad[0] if bad[0] < 0 else bad[1]}\]"):
+            model(x, torch.rand(2), torch.tensor(bad))
+    assert model(x, torch.rand(2), torch.tensor([0, 5])).shape == x.shape  # the null label is valid
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         model(torch.randn(2, 3, 8, 9), torch.rand(2), y)
     with pytest.raises(ValueError, match=r"x must have shape \(N, 3, H, W\)"):

@@ -7,7 +7,8 @@ import torch
 
 from minidit.interpolants import INTERPOLANTS, get_interpolant
 from minidit.timesteps import get_time_sampler
-from minidit.weighting import PREDICTIONS, WEIGHTINGS, convert, default_time_eps, lambda_t, loss_weight, training_loss
+from minidit.weighting import (PREDICTIONS, WEIGHTINGS, convert, default_time_eps, lambda_t, loss_weight, singular_ends,
+                               training_loss)
 
 NAMES = tuple(INTERPOLANTS)
 T_GRID = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
@@ -186,3 +187,44 @@ def test_wrong_model_output_shape_raises():
         training_loss(lambda x_t, t: torch.zeros(4, 3), torch.randn(4, 2))
     with pytest.raises(ValueError, match="shapes must match"):
         convert(torch.randn(4, 3), torch.randn(4, 2), torch.rand(4), "linear", "data", "noise")
+
+
+# The conversions that divide by zero at an end: sigma_0 = 0 (into or out of a score/noise/data estimate),
+# alpha_1 = 0 on the linear path (out of noise/score), and the VP path's infinite sigma'_0 (into or out of velocity).
+SINGULAR = {
+    "linear": {("velocity", "score"): (0.0,), ("score", "velocity"): (1.0,), ("score", "data"): (1.0,),
+               ("noise", "velocity"): (1.0,), ("noise", "score"): (0.0,), ("noise", "data"): (1.0,),
+               ("data", "velocity"): (0.0,), ("data", "score"): (0.0,), ("data", "noise"): (0.0,)},
+    "gvp": {("velocity", "score"): (0.0,), ("noise", "score"): (0.0,), ("data", "velocity"): (0.0,),
+            ("data", "score"): (0.0,), ("data", "noise"): (0.0,)},
+    "vp": {("velocity", "score"): (0.0,), ("velocity", "data"): (0.0,), ("score", "velocity"): (0.0,),
+           ("noise", "velocity"): (0.0,), ("noise", "score"): (0.0,), ("data", "velocity"): (0.0,),
+           ("data", "score"): (0.0,), ("data", "noise"): (0.0,)},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_convert_at_a_singular_end_raises_naming_it_and_the_time_eps_fix(name):
+    found = {(src, dst): singular_ends(name, src, dst) for src, dst in itertools.product(PREDICTIONS, PREDICTIONS)}
+    assert {pair: ends for pair, ends in found.items() if ends} == SINGULAR[name]  # 9 linear, 5 GVP, 8 VP pairs
+    x = torch.ones(2, 3)
+    for (src, dst), ends in SINGULAR[name].items():
+        for end in ends:
+            with pytest.raises(ValueError, match=rf"converting {src} to {dst} on the {name} path divides by zero at "
+                                                 rf"t = {end}; keep t inside \[time_eps, 1 - time_eps\]"):
+                convert(x, x, torch.tensor([0.5, end]), name, src, dst)
+    for src, dst in itertools.product(PREDICTIONS, PREDICTIONS):  # every other pair is finite at both ends
+        for end in {0.0, 1.0} - set(found[src, dst]):
+            assert torch.isfinite(convert(x, x, torch.full((2,), end), name, src, dst)).all(), (src, dst, end)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_weight_is_finite_and_positive_where_default_time_eps_lets_training_go(name):
+    for prediction, weighting in itertools.product(PREDICTIONS, WEIGHTINGS):
+        eps = default_time_eps(name, prediction, weighting)
+        t = torch.linspace(eps, 1 - eps, 1001)  # the float32 training range, ends included
+        w = loss_weight(t, name, prediction, weighting)
+        assert torch.isfinite(w).all() and (w > 0).all(), (prediction, weighting, eps)
+        if eps == 0:  # the loss is used at the ends, where velocity weighting of a velocity model is exactly 1
+            assert torch.equal(loss_weight(torch.tensor([0.0, 1.0]), name, prediction, weighting), torch.ones(2))
+            assert singular_ends(name, prediction, "velocity") == ()  # and sampling converts nothing
