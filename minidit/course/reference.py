@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import shutil
 import time
@@ -50,7 +51,7 @@ class Report:
         self.verdicts: list[Verdict] = []
         self.reference = load_reference(name)
         self.reference_claims = {c["claim"]: c for c in self.reference["claims"]} if self.reference else {}
-        self.start = time.perf_counter()
+        self.start, self.start_cpu = time.perf_counter(), time.process_time()
 
     def judge(self, claim: str, a: Measurement, b: Measurement, **options) -> Verdict:
         """``minidit.verdict.judge(claim, a, b, **options)``, printed (with the reference in quick mode) and logged."""
@@ -85,6 +86,7 @@ class Report:
         out.write_text(json.dumps({
             "notebook": self.name, "mode": "quick" if self.quick else "full",
             "seconds": round(time.perf_counter() - self.start, 1),
+            "cpu_seconds": round(time.process_time() - self.start_cpu, 1),
             "claims": [{"claim": v.claim, "verdict": v.outcome, "reason": v.reason,
                         "values": {k: round(x, 6) for k, x in v.values.items()}} for v in self.verdicts],
         }, indent=1))
@@ -133,6 +135,8 @@ def run_reference(lectures: list[str], root: Path, timeout: int = 3600) -> list[
         path = reference_path(stem, root)
         path.write_text(json.dumps({
             "notebook": lecture, "mode": "full", "run_time_s": round(seconds, 1), "machine": machine_description(),
+            # Wall time depends on what else ran: the kernel's CPU seconds and the load average say how busy it was.
+            "cpu_time_s": claims.get("cpu_seconds"), "load_average": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "claims": claims["claims"], "figures": figures,
         }, indent=1) + "\n")
