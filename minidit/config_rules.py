@@ -133,7 +133,7 @@ def number(low: float, high: float = math.inf, *, open_low: bool = False, open_h
     return Rule(ok, f"a finite number {bounds}{note}")
 
 
-SEED = integer(0, 2**63 - 1)
+SEED = Rule(lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)")
 ROOT = Rule(lambda v: str(v).strip() != "", "the folder that holds the data, not empty")
 PAIR_BETAS = Rule(lambda v: all(math.isfinite(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.999]")
 

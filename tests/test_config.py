@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from minidit.config import ConfigError, SampleConfig, build_data, build_model, load_config, parse_config
+from minidit.config_rules import NO_FIT, coerce, describe, device_problem
 from minidit.generate import generate, points_to_image, sample_shape
 from minidit.train import TrainConfig
 
@@ -117,3 +118,30 @@ def test_generate_converts_a_data_prediction_and_lands_where_the_straight_path_d
     # v = (x - x0) / t: Euler follows the straight line exactly, x(t) = x0 + (t / t_start) (x1 - x0)
     expected = target + (1e-3 / (1 - 1e-3)) * (noise - target)
     torch.testing.assert_close(samples, expected, rtol=0, atol=1e-5)
+
+
+def test_types_come_from_the_annotations_also_for_none_tuple_and_dict_defaults():
+    assert coerce([1, 0.5], tuple[float, float]) == (1.0, 0.5) and coerce([0.9], tuple[float, float]) is NO_FIT
+    assert coerce({"m": 1}, dict[str, float]) == {"m": 1.0} and coerce({"m": "a"}, dict[str, float]) is NO_FIT
+    assert coerce(2, int | None) == 2 and coerce(2.5, int | None) is NO_FIT and coerce(None, float | None) is None
+    assert coerce(True, int) is NO_FIT and coerce(1, bool) is NO_FIT and coerce(3, float) == 3.0
+    assert describe(tuple[float, float]) == "a list of 2 numbers" and describe(float | None) == "a number"
+    with pytest.raises(ConfigError, match=r"<dict>, \[train\] time_eps: got 'small' \(str\); write a number$"):
+        parse_config({"model": {"type": "mlp", "dim": 2}, "data": {"name": "toy"}, "train": {"time_eps": "small"}})
+    with pytest.raises(ConfigError, match=r"\[model\] out_channels: got 2.5 \(float\); write an integer$"):
+        build_model({"type": "dit", "out_channels": 2.5})
+
+
+def test_time_eps_zero_only_where_training_and_sampling_are_finite_at_the_ends():
+    base = {"model": {"type": "mlp", "dim": 2}, "data": {"name": "toy"}}
+    assert parse_config({**base, "train": {"time_eps": 0}}).train.time_eps == 0.0  # velocity on the linear path
+    with pytest.raises(ConfigError, match=r"\[train\] time_eps: 0 trains and samples at t = 0 and t = 1, where the "
+                                          r"data prediction with 'none' weighting on the linear path divides by zero"):
+        parse_config({**base, "train": {"time_eps": 0, "prediction": "data"}})
+
+
+def test_devices_are_checked_against_this_machine():
+    assert device_problem("auto") is None and device_problem("cpu") is None
+    assert device_problem("tpu") == "'tpu' is not a device; use 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+    assert device_problem("meta") == "'meta' is not supported; use 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+    assert (device_problem("cuda") is None) == torch.cuda.is_available()
