@@ -30,8 +30,8 @@ BOOK_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {{ super() }}
 {%- endblock html_head_js_mathjax -%}
 """
-REMOTE = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)  # http://, https://, ftp://, protocol-relative //
-LOCAL_SCHEMES = ("data:", "blob:", "about:", "javascript:", "#")
+# http://, https://, ftp://, protocol-relative //host (not file://, which stays on the machine)
+REMOTE = re.compile(r"^\s*(?:(?!file:)[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)|@import\s+['"]([^'"]+)""", re.IGNORECASE)
 SCRIPT_URL = re.compile(r"""['"]((?:https?:)?//[^'"\s]+)['"]""", re.IGNORECASE)
 
@@ -157,7 +157,7 @@ def network_references(page_html: str) -> list[str]:
     """The resources (scripts, styles, fonts, images, imports) a page would load over the network; ``[]`` when none."""
     collector = _ResourceCollector()
     collector.feed(page_html)
-    return [url for url in collector.urls if REMOTE.match(url) and not url.strip().lower().startswith(LOCAL_SCHEMES)]
+    return [url for url in collector.urls if REMOTE.match(url)]
 
 
 def check_offline(out: Path | str) -> None:
