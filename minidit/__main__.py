@@ -25,8 +25,9 @@ from minidit.checkpoint import CheckpointError, load_checkpoint
 from minidit.config import build_data, build_model, check_data_fits_model, load_config, parse_config
 from minidit.generate import build_sample_fn, sample_images
 from minidit.samplers import ODE_METHODS
-from minidit.train import Trainer, resolve_device, save_grid
+from minidit.train import Trainer, resolve_device
 from minidit.validation import InputError
+from minidit.viz import save_grid
 
 # Errors caused by what the user typed or pointed at: one line on stderr and exit code 2 (``--debug``: traceback).
 INPUT_ERRORS = (InputError, CheckpointError, OSError)

@@ -17,14 +17,15 @@ import matplotlib.pyplot as plt
 import torch
 
 from minidit.data.analyser import class_accuracy
-from minidit.data.shapes import NUM_CLASSES, ShapesDataset
+from minidit.data.shapes import COLOURS, NUM_CLASSES, SHAPES, ShapesDataset
 from minidit.dit import DiT, DiTConfig
 from minidit.guidance import classifier_free_guidance
 from minidit.metrics import sliced_wasserstein
 from minidit.runs import run_dir
 from minidit.samplers import sample_ode
 from minidit.toy import ToyData, ToyMLP, get_target
-from minidit.train import TrainConfig, Trainer, save_grid
+from minidit.train import TrainConfig, Trainer
+from minidit.viz import save_grid
 
 
 def flow_2d(out_dir, steps: int = 3000, n: int = 4000) -> dict[str, float]:
@@ -59,7 +60,10 @@ def flow_2d(out_dir, steps: int = 3000, n: int = 4000) -> dict[str, float]:
 
 
 def tiny_dit(out_dir, steps: int = 2800, cfg_scale: float = 3.0) -> dict[str, float]:
-    """Train a tiny class-conditional DiT on 16x16 shapes; writes ``shapes_samples.png`` (one row per scale).
+    """Train a tiny class-conditional DiT on 16x16 shapes; writes ``shapes_samples.png``.
+
+    The grid has one column per colour and, for each shape, a row without guidance and a row at ``cfg_scale``,
+    each sample shown at 64 pixels.
 
     Patch size 4 (16 tokens of 4x4 pixels) instead of 2 makes a CPU step three times cheaper; in the same
     ~150 s on 2 threads the analyser then reads about 60% of the CFG-3 samples as their class, against 9%.
@@ -75,15 +79,18 @@ def tiny_dit(out_dir, steps: int = 2800, cfg_scale: float = 3.0) -> dict[str, fl
     labels = torch.arange(NUM_CLASSES).repeat(2)  # every class twice
     noise = torch.randn(len(labels), 3, 16, 16, generator=torch.Generator().manual_seed(1))
     accuracy = {}
-    grids = []
-    for scale in (1.0, cfg_scale):
+    grids = []  # per scale: one sample per class, (shapes, colours, 3, 16, 16)
+    scales = (1.0, cfg_scale)
+    for scale in scales:
         field = classifier_free_guidance(model, labels, torch.full_like(labels, NUM_CLASSES), scale)
         with torch.no_grad():
             images = sample_ode(field, noise, 25, "heun").samples
         accuracy[scale] = class_accuracy(images, labels)
-        grids.append(images[:NUM_CLASSES])
-    grid = torch.nn.functional.interpolate(torch.cat(grids), scale_factor=4, mode="nearest")  # 64 px to view
-    save_grid(grid, out_dir / "shapes_samples.png")
+        grids.append(images[:NUM_CLASSES].reshape(len(SHAPES), len(COLOURS), 3, 16, 16))
+    grid = torch.stack(grids, dim=1).flatten(0, 2)  # rows: (shape, scale); columns: colour
+    save_grid(grid, out_dir / "shapes_samples.png", nrow=len(COLOURS),
+              row_labels=[f"{shape}, CFG {scale:g}" for shape in SHAPES for scale in scales], col_labels=list(COLOURS),
+              title="tiny DiT samples (one per class)", xlabel="colour", ylabel="shape and guidance scale")
     return {"accuracy_no_cfg": accuracy[1.0], "accuracy_cfg": accuracy[cfg_scale], "cfg": cfg_scale}
 
 

@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from minidit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -37,6 +36,7 @@ from minidit.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RunLock, append_r
                                 remove_samples_after, run_files, sample_grid_name)
 from minidit.timesteps import get_time_sampler
 from minidit.validation import InputError, check_choice, check_time
+from minidit.viz import save_grid
 from minidit.weighting import PREDICTIONS, WEIGHTINGS, training_loss
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -143,16 +143,6 @@ def bin_losses(per_sample: Tensor, t: Tensor, bins: int) -> tuple[Tensor, Tensor
     sums = torch.zeros(bins, device=per_sample.device).index_add_(0, index, per_sample.detach().float())
     counts = torch.zeros(bins, device=per_sample.device).index_add_(0, index, torch.ones(index.shape, device=index.device))
     return sums, counts
-
-
-def save_grid(images: Tensor, path: str | Path) -> Path:
-    """Save ``images`` ``(N, C, H, W)`` in [-1, 1] as one PNG grid, ``ceil(sqrt(N))`` per row; returns the path."""
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W) with values in [-1, 1], got {tuple(images.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images.float().clamp(-1, 1) + 1) / 2, path, nrow=math.ceil(math.sqrt(images.shape[0])))
-    return path
 
 
 @torch.no_grad()

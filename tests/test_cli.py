@@ -69,8 +69,8 @@ def test_sample_draws_a_density_image_of_the_trained_model(toy, tmp_path):
     main(["train", toy, "--steps", "2", "--out", str(tmp_path)])
     out = tmp_path / "grid.png"
     main(["sample", str(tmp_path / "checkpoint.pt"), "--n", "300", "--steps", "2", "--method", "euler", "--out", str(out)])
-    pixels = np.asarray(Image.open(out).convert("L")).astype(np.int64)
-    assert pixels.shape == (128, 128)  # one histogram image, no grid padding
+    pixels = np.asarray(Image.open(out).convert("L")).astype(np.int64)[6:-6, 6:-6]  # inside save_grid's margin and frame
+    assert pixels.shape == (128, 128)  # one histogram image at its own size
     assert pixels.max() == 255  # the densest bin is white
     assert (pixels > 0).sum() <= 300  # at most one lit pixel per sample
 
@@ -136,4 +136,4 @@ def test_class_conditional_dit_trains_and_samples_a_guided_grid(tmp_path):
     assert (tmp_path / "samples_0000001.png").is_file()
     out = tmp_path / "grid.png"
     main(["sample", str(tmp_path / "checkpoint.pt"), "--n", "4", "--out", str(out)])
-    assert np.asarray(Image.open(out)).shape == (2 + 2 * 18, 2 + 2 * 18, 3)  # 2 x 2 grid of 16 x 16, padding 2
+    assert np.asarray(Image.open(out)).shape == (142, 142, 4)  # 2 x 2 grid of 16 x 16 shown at 64 px, gaps 2, margin 4

@@ -153,9 +153,9 @@ def test_sample_grid_maps_minus_one_one_to_pixels(tmp_path):
                       sample_fn=sample_fn)
     trainer.train()
     assert sorted(p.name for p in tmp_path.glob("samples_*.png")) == ["samples_0000002.png", "samples_0000004.png"]
-    pixels = np.asarray(Image.open(tmp_path / "samples_0000004.png"))  # 2 x 2 grid with 2-pixel padding
-    assert pixels.shape == (2 + 2 * 10, 2 + 2 * 10, 3)
-    assert pixels[5, 5].tolist() == [255, 128, 0]
+    pixels = np.asarray(Image.open(tmp_path / "samples_0000004.png").convert("RGB"))  # minidit.viz.save_grid
+    assert pixels.shape == (142, 142, 3)  # 2 x 2 samples of 8 x 8 shown at 64 px, 2-pixel gaps, 4-pixel margin
+    assert pixels[10, 10].tolist() == [255, 128, 0]
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
