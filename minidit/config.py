@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -137,7 +138,7 @@ def checked_values(target: Callable[..., Any], values: dict[str, Any], section: 
         fit = coerce(value, hint)
         if fit is NO_FIT:
             shown = default is not None and default is not inspect.Parameter.empty and not isinstance(default, dict)
-            like = f", like the default {default!r}" if shown else ""
+            like = f", like the default {json.dumps(default)}" if shown else ""  # JSON scalars and lists are TOML
             raise config_error(source, section, key, f"got {value!r} ({type(value).__name__}); write {describe(hint)}{like}")
         problem = value_problem(rules or section, key, fit)
         if problem:

@@ -87,15 +87,15 @@ def describe(hint: Any) -> str:
     """The type ``hint`` in words for an error message (``None`` is left out: TOML cannot write it)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe(arg) for arg in args if arg is not type(None))
+        words = [describe(arg) for arg in args if arg is not type(None)]
+        return " or ".join(dict.fromkeys(words))  # str | Path: "a string" once
     if origin is tuple and args and args[-1] is not Ellipsis:
         return f"a list of {len(args)} {describe(args[0]).split(' ', 1)[-1]}s"
     if origin in (tuple, list, collections.abc.Sequence):
         return f"a list of {describe(args[0]).split(' ', 1)[-1]}s" if args else "a list"
     if origin is dict:
         return f"a table of {describe(args[1]).split(' ', 1)[-1]}s, e.g. {{ m = 0.0, s = 1.0 }}"
-    words = {int: "an integer", float: "a number", bool: "a boolean (true or false)", str: "a string",
-             Path: "a path string"}
+    words = {int: "an integer", float: "a number", bool: "a boolean (true or false)", str: "a string", Path: "a string"}
     return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 
