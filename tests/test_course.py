@@ -432,7 +432,9 @@ def test_a_right_helper_is_not_blamed_and_a_right_pair_passes(dependent, helper)
 def test_an_unfinished_helper_reports_the_dependent_as_not_implemented():
     namespace = learner_namespace(HELPER_SOURCES["qk_norm", "rms_norm"])
     namespace["rms_norm"] = lambda x, weight: (_ for _ in ()).throw(NotImplementedError("Exercise: rms_norm"))
-    assert check("qk_norm", namespace["qk_norm"]).status == "not_implemented"
+    result = check("qk_norm", namespace["qk_norm"])
+    assert (result.status, result.message) == (
+        "not_implemented", "… qk_norm: not implemented yet (it calls your `rms_norm`, which is not written yet)")
 
 
 # ---- questions ------------------------------------------------------------------------------------------------

@@ -212,8 +212,8 @@ def check(name: str, fn: Callable[..., Any]) -> CheckResult:
 
     Never raises for a wrong or unfinished ``fn``: a ``NotImplementedError`` gives status ``"not_implemented"``,
     any other exception or mismatch gives ``"fail"`` with the input, expected versus got and the first hint. When
-    ``fn`` fails and calls a helper of the learner's (``Check.helpers``) that fails its own check, the message names
-    the helper and shows the helper's failure instead.
+    ``fn`` fails (or is unfinished) and calls a helper of the learner's (``Check.helpers``) that fails its own check
+    (or is unfinished), the message names the helper and shows the helper's failure instead.
 
     Args:
         name: a key of ``CHECKS`` (e.g. ``"interpolant"``, ``"convert"``, ``"euler_step"``).
@@ -225,11 +225,13 @@ def check(name: str, fn: Callable[..., Any]) -> CheckResult:
     """
     spec = CHECKS[check_choice("check", name, CHECKS)]
     status, detail = _run(spec, fn)
-    if status == "fail":
+    if status in ("fail", "not_implemented"):
         for helper_name, helper in learner_helpers(spec, fn).items():
             helper_status, helper_detail = _run(CHECKS[helper_name], helper)
-            if helper_status == "fail":
+            if helper_status == status == "fail":
                 return _finish(name, "fail", f"✗ {name}: your `{helper_name}` is wrong, fix it first: {helper_detail}")
+            if helper_status == status == "not_implemented":
+                return _finish(name, status, f"… {name}: not implemented yet (it calls your `{helper_name}`, which is not written yet)")
     symbol = {"pass": "✓", "fail": "✗", "not_implemented": "…"}[status]
     return _finish(name, status, f"{symbol} {name}: {detail}")
 
