@@ -37,7 +37,8 @@ def write_reference(root: Path, **changes) -> dict:
                  "python": "3.11.7", "torch": "2.5.1", "date": "2026-12-02",
                  "claims": [{"claim": "linear paths cost less transport than VP", "verdict": "reproduced",
                              "reason": "differs by 12.3 standard errors", "values": {"linear": 0.951, "vp": 1.624}},
-                            {"claim": "a | b in one cell", "verdict": "inconclusive", "reason": "within noise", "values": {}}],
+                            {"claim": "a | b < c", "verdict": "inconclusive", "reason": "cost $\\int_0^1 E|v|^2 dt$ within noise",
+                              "values": {}}],
                  "figures": ["01_tiny/schedules.png"], **changes}
     folder = root / "notebooks" / "reference"
     (folder / "01_tiny").mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def test_lecture_page_shows_its_reference_run_time_table_and_figures(tmp_path):
     assert "123 s</strong> on 2 CPU cores, Python 3.11 (python 3.11.7, torch 2.5.1), 2026-12-02" in section
     rows = re.findall(r"<tr>\s*<td>(.*?)</td>\s*<td><strong>(.*?)</strong></td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>", section, re.S)
     assert rows == [("linear paths cost less transport than VP", "reproduced", "differs by 12.3 standard errors",
-                     "linear = 0.951, vp = 1.624"), ("a | b in one cell", "inconclusive", "within noise", "")]
+                     "linear = 0.951, vp = 1.624"), ("a | b &lt; c", "inconclusive", "cost $\\int_0^1 E|v|^2 dt$ within noise", "")]
     assert '<img alt="reference figure 01_tiny/schedules.png" src="../reference/01_tiny/schedules.png"' in section
     assert (tmp_path / "_book" / "reference" / "01_tiny" / "schedules.png").read_bytes() == PNG
     assert section.index("Reference full run") < section.index("Contents")  # before the bottom navigation

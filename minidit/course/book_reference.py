@@ -7,6 +7,7 @@ copied into the book. Course tooling used by ``minidit.course.book``, not a pape
 """
 from __future__ import annotations
 
+import html
 import os
 import shutil
 from pathlib import Path
@@ -18,10 +19,9 @@ BOOK_REFERENCE_DIR = "reference"  # the figures' folder inside the book
 REQUIRED_KEYS = ("notebook", "mode", "run_time_s", "machine", "date", "claims", "figures")
 
 
-def _cell_text(text: object) -> str:
-    """``text`` safe inside a Markdown table cell: no ``|``, no line break, no raw HTML."""
-    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("|", "\\|").replace("\n", " "))
+def _text(text: object) -> str:
+    """``text`` as HTML on one line (a blank line would end the Markdown cell's HTML block); ``$...$`` stays for MathJax."""
+    return html.escape(" ".join(str(text).split()), quote=False)
 
 
 def _values(values: dict[str, float]) -> str:
@@ -56,15 +56,15 @@ def reference_markdown(lecture: str, root: Path | str, out: Path | str, page: st
     if reference["notebook"] != lecture:
         raise ValueError(f"{where}: names notebook {reference['notebook']!r}, expected {lecture!r}")
     versions = ", ".join(f"{name} {reference[name]}" for name in ("python", "torch") if name in reference)
-    lines = [title + f"The committed {reference['mode']} run took **{reference['run_time_s']:.0f} s** on {_cell_text(reference['machine'])}"
+    lines = [title + f"The committed {reference['mode']} run took **{reference['run_time_s']:.0f} s** on {_text(reference['machine'])}"
              + (f" ({versions})" if versions else "") + f", {reference['date']}.", "",
-             "| claim | verdict | reason | values |", "|---|---|---|---|"]
+             "<table>", "<tr><th>claim</th><th>verdict</th><th>reason</th><th>values</th></tr>"]
     for claim in reference["claims"]:
         if claim["verdict"] not in OUTCOMES:
             raise ValueError(f"{where}: claim {claim['claim']!r} has verdict {claim['verdict']!r}; one of {list(OUTCOMES)}")
-        lines.append(f"| {_cell_text(claim['claim'])} | **{claim['verdict']}** | {_cell_text(claim['reason'])} "
-                     f"| {_cell_text(_values(claim.get('values', {})))} |")
-    lines.append("")
+        lines.append(f"<tr><td>{_text(claim['claim'])}</td><td><strong>{claim['verdict']}</strong></td>"
+                     f"<td>{_text(claim['reason'])}</td><td>{_text(_values(claim.get('values', {})))}</td></tr>")
+    lines += ["</table>", ""]
     for figure in reference["figures"]:
         source = root / REFERENCE_DIR / figure
         if not source.is_file():
@@ -73,5 +73,5 @@ def reference_markdown(lecture: str, root: Path | str, out: Path | str, page: st
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         link = Path(os.path.relpath(target, (out / page).parent)).as_posix()
-        lines.append(f"![reference figure {_cell_text(figure)}]({link})")
+        lines.append(f"![reference figure {_text(figure)}]({link})")
     return "\n".join(lines) + "\n"
