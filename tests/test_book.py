@@ -35,6 +35,7 @@ def tiny_book(root: Path, *cells) -> Path:
 def write_reference(root: Path, **changes) -> dict:
     reference = {"notebook": LECTURE, "mode": "full", "run_time_s": 123.4, "machine": "2 CPU cores, Python 3.11",
                  "python": "3.11.7", "torch": "2.5.1", "date": "2026-12-02",
+                 "cpu_time_s": 98.2, "load_average": [2.04, 1.5, 0.75],
                  "claims": [{"claim": "linear paths cost less transport than VP", "verdict": "reproduced",
                              "reason": "differs by 12.3 standard errors", "values": {"linear": 0.951, "vp": 1.624}},
                             {"claim": "a | b < c", "verdict": "inconclusive", "reason": "cost $\\int_0^1 E|v|^2 dt$ within noise",
@@ -115,7 +116,7 @@ def test_lecture_page_shows_its_reference_run_time_table_and_figures(tmp_path):
     build_book(tmp_path, tmp_path / "_book")
     page = (tmp_path / "_book" / "notebooks" / "01_tiny.html").read_text()
     section = page.split('id="Reference-full-run"', 1)[1]
-    assert "123 s</strong> on 2 CPU cores, Python 3.11 (python 3.11.7, torch 2.5.1), 2026-12-02" in section
+    assert "123 s</strong> on 2 CPU cores, Python 3.11 (python 3.11.7, torch 2.5.1), 2026-12-02; kernel CPU time 98 s, load average 2.0 / 1.5 / 0.8." in section
     rows = re.findall(r"<tr>\s*<td>(.*?)</td>\s*<td><strong>(.*?)</strong></td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>", section, re.S)
     assert rows == [("linear paths cost less transport than VP", "reproduced", "differs by 12.3 standard errors",
                      "linear = 0.951, vp = 1.624"), ("a | b &lt; c", "inconclusive", "cost $\\int_0^1 E|v|^2 dt$ within noise", "")]

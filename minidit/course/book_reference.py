@@ -56,8 +56,14 @@ def reference_markdown(lecture: str, root: Path | str, out: Path | str, page: st
     if reference["notebook"] != lecture:
         raise ValueError(f"{where}: names notebook {reference['notebook']!r}, expected {lecture!r}")
     versions = ", ".join(f"{name} {reference[name]}" for name in ("python", "torch") if name in reference)
+    busy = []  # wall time depends on what else ran; the kernel's CPU time and the load average say how busy it was
+    if reference.get("cpu_time_s") is not None:
+        busy.append(f"kernel CPU time {reference['cpu_time_s']:.0f} s")
+    if reference.get("load_average"):
+        busy.append("load average " + " / ".join(f"{x:.1f}" for x in reference["load_average"]))
     lines = [title + f"The committed {reference['mode']} run took **{reference['run_time_s']:.0f} s** on {_text(reference['machine'])}"
-             + (f" ({versions})" if versions else "") + f", {reference['date']}.", "",
+             + (f" ({versions})" if versions else "") + f", {reference['date']}"
+             + (f"; {', '.join(busy)}" if busy else "") + ".", "",
              "<table>", "<tr><th>claim</th><th>verdict</th><th>reason</th><th>values</th></tr>"]
     for claim in reference["claims"]:
         if claim["verdict"] not in OUTCOMES:
