@@ -4,7 +4,8 @@
 its checks and questions on import: ``interpolants`` (exercise 01), ``predictions`` (02, 08), ``time_samplers`` (03),
 ``samplers`` (04), ``dit`` (05, 06, 09) and ``flag_dit`` (07). A new chapter adds one module and one import here.
 """
-from minidit.course.checks import dit, flag_dit, interpolants, predictions, samplers, time_samplers  # noqa: F401  (register)
+# Imported in the order of book.toml's chapters, so that lists of valid names read in course order.
+from minidit.course.checks import interpolants, predictions, time_samplers, samplers, dit, flag_dit  # noqa: F401, I001
 from minidit.course.checks.core import (
     CHECKS,
     QUESTIONS,
