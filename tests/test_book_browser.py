@@ -140,8 +140,9 @@ def test_real_book_typesets_maths_and_shows_figures_with_the_network_off(real_bo
         markdown = browser.evaluate("[...document.querySelectorAll('.jp-RenderedMarkdown')].map(e => e.innerText).join('\\n')")
         assert re.findall(r"\$[^$\n]+\$", markdown) == [], "maths left as raw $...$"
 
+        browser.wait_for("[...document.images].every(img => img.complete)")
         drawn = browser.evaluate("[...document.querySelectorAll('img[src^=\"data:image/png\"]')]"
-                                 ".filter(img => img.complete && img.naturalWidth > 0).map(img => img.naturalWidth)")
+                                 ".filter(img => img.naturalWidth > 0).map(img => img.naturalWidth)")
         assert drawn, "the executed lecture shows no inline figure"
         assert drawn[0] == first_png_width(real_book / LECTURE_PAGE)
         text = browser.evaluate("document.body.innerText")
