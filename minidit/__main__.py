@@ -54,7 +54,7 @@ def train_command(args: argparse.Namespace) -> Path:
     data = build_data(experiment.data, experiment.source)
     check_data_fits_model(model, data, experiment)
     trainer = Trainer(model, data, experiment.train, build_sample_fn(experiment), metadata=experiment.to_dict(),
-                      overwrite=args.overwrite)
+                      source=experiment.source, overwrite=args.overwrite)
     if args.resume:
         trainer.resume(args.resume)
     history = trainer.train()  # saves out_dir/checkpoint.pt at the end

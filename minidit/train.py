@@ -224,6 +224,7 @@ class Trainer:
             in ``out_dir``; it should draw from its own generator so that sampling does not change training.
         metadata: plain data stored in every checkpoint (the CLI stores the whole TOML config there); its
             ``"model"`` and ``"data"`` sections must match on ``resume``.
+        source: where ``config`` comes from (a config file), named at the start of error messages.
         overwrite: let ``train`` replace a run already in ``out_dir`` (its checkpoint, metrics and sample grids are
             deleted before the first step); without it such a folder is refused unless this trainer resumes the
             folder's own checkpoint.
@@ -236,10 +237,11 @@ class Trainer:
         config: TrainConfig,
         sample_fn: SampleFn | None = None,
         metadata: dict[str, Any] | None = None,
+        source: str | None = None,
         overwrite: bool = False,
     ):
         self.config, self.data, self.sample_fn, self.metadata = config, data, sample_fn, metadata or {}
-        self.overwrite = overwrite
+        self.source, self.overwrite = source, overwrite
         self.device = resolve_device(config.device)
         self.autocast_dtype = resolve_autocast_dtype(config.precision, self.device)
         self.model = model.to(self.device)
@@ -310,10 +312,10 @@ class Trainer:
         """
         cfg = self.config
         if steps is None and cfg.steps <= self.step:
-            where = f"{self.resumed_from}, " if self.resumed_from is not None else ""
+            reached = f"the step of {self.resumed_from}" if self.resumed_from is not None else "the step reached"
             raise InputError(
-                f"{where}[train] steps: {cfg.steps} is not above the run's step {self.step}; steps counts from the "
-                f"start of the run, so pass --steps N with N > {self.step} to train further"
+                f"{self._where()}[train] steps: {cfg.steps} is not above {reached}, {self.step}; steps counts from "
+                f"the start of the run, so pass --steps N with N > {self.step} to train further"
             )
         end = cfg.steps if steps is None else self.step + steps
         with self._locked_out_dir():
@@ -362,9 +364,13 @@ class Trainer:
         kept = (f"the last checkpoint, {checkpoint}, holds finite weights; " if checkpoint is not None and checkpoint.exists()
                 else "")
         raise DivergenceError(
-            f"[train] lr: the loss became non-finite (inf or nan) at step {step}; {kept}lower lr, keep grad_clip, "
-            "or train with precision = 'fp32'"
+            f"{self._where()}[train] lr: the loss became non-finite (inf or nan) at step {step}; {kept}lower lr, "
+            "keep grad_clip, or train with precision = 'fp32'"
         )
+
+    def _where(self) -> str:
+        """``"<source>, "`` to start an error message, or nothing without a source."""
+        return f"{self.source}, " if self.source else ""
 
     @contextmanager
     def _locked_out_dir(self) -> Iterator[None]:
@@ -451,7 +457,7 @@ class Trainer:
             bad = [name for name, value in state[part].items() if value.is_floating_point() and not value.isfinite().all()]
             if bad:
                 raise DivergenceError(
-                    f"[train] lr: the {part} weights are non-finite at step {self.step} ({bad[0]} and "
+                    f"{self._where()}[train] lr: the {part} weights are non-finite at step {self.step} ({bad[0]} and "
                     f"{len(bad) - 1} more), so {path} was not written; lower lr, keep grad_clip, or train with "
                     "precision = 'fp32'"
                 )

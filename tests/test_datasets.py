@@ -1,5 +1,8 @@
-"""Tests for minidit.data.datasets: tiny files in the true on-disk formats, read back exactly."""
+"""Tests for minidit.data.datasets: tiny files in the true on-disk formats, read back exactly; hostile, corrupt
+and misplaced files refused with the file's name."""
 import pickle
+import re
+import struct
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from minidit.data.datasets import (
     load_image_folder,
     load_imagenet64,
 )
+from minidit.validation import InputError
 
 
 def random_uint8(rng, *shape):
@@ -160,3 +164,182 @@ def test_missing_datasets_say_where_files_go(tmp_path):
         load_cifar10(tmp_path, "validation")
     with pytest.raises(ValueError, match="uint8"):
         ImageArrayDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2))
+
+
+class RunsShellCommand:
+    """A hostile pickle: unpickling it calls ``os.system`` (here: creates a marker file)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+class WritesFile:
+    """Another hostile pickle: unpickling it calls the builtin ``exec``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("payload, refused", [
+    (lambda marker: {b"data": RunsShellCommand(f"touch {marker}"), b"labels": [0]}, "posix.system"),
+    (lambda marker: [WritesFile(marker)], "builtins.exec"),
+])
+def test_a_hostile_cifar_pickle_runs_no_code(cifar_root, payload, refused):
+    root, _ = cifar_root
+    marker = root / "marker"
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    with open(batch, "wb") as f:
+        pickle.dump(payload(marker), f)
+    with pytest.raises(InputError, match=rf"data_batch_3: refused to unpickle the global {re.escape(refused)}.*nothing was run"):
+        load_cifar10(root)
+    assert not marker.exists()
+    with open(batch, "rb") as f:  # the file does run code through the plain unpickler: the test is not vacuous
+        pickle.load(f)
+    assert marker.exists()
+
+
+class CallsCodecs:
+    """A pickle calling ``_codecs.encode`` (allowed for latin-1 bytes) with another codec."""
+
+    def __reduce__(self):
+        import codecs
+
+        return codecs.encode, ("text", "rot13")
+
+
+def test_codecs_encode_rebuilds_latin1_bytes_only(cifar_root):
+    root, _ = cifar_root
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": CallsCodecs(), b"labels": []}, f)
+    with pytest.raises(InputError, match=r"test_batch: .*_codecs\.encode is allowed only to rebuild bytes from latin-1 text"):
+        load_cifar10(root, "test")
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes ``str`` and ``bytes`` with Python 2's string opcodes, as in the real batches (pickled by Python 2)."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_string(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_python2_string
+    dispatch[str] = save_python2_string
+
+
+def test_cifar_batches_of_python_2_and_every_python_3_protocol_load_pixel_exact(cifar_root):
+    root, planes = cifar_root
+    folder = root / "cifar-10-batches-py"
+    writers = {"data_batch_1": lambda obj, f: Python2Pickler(f, protocol=2).dump(obj),
+               "data_batch_2": lambda obj, f: pickle.dump(obj, f, protocol=2),  # bytes through _codecs.encode
+               "data_batch_3": lambda obj, f: pickle.dump(obj, f, protocol=5)}
+    for name, write in writers.items():
+        images, labels = planes[name]
+        rows = images.transpose(0, 3, 1, 2).reshape(4, 3072)
+        with open(folder / name, "wb") as f:
+            write({b"data": rows, b"labels": labels, b"batch_label": b"training batch"}, f)
+    assert b"_codecs" not in (folder / "data_batch_1").read_bytes()  # no global but numpy's, as in the real files
+    loaded, labels, _ = load_cifar10(root)
+    expected = np.concatenate([planes[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert np.array_equal(loaded.permute(0, 2, 3, 1).numpy(), expected)
+    assert labels.tolist() == sum((planes[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(path.read_bytes()[:500]), r"data_batch_2: not a readable CIFAR-10 batch \(truncated or corrupt"),
+    (lambda path: pickle.dump({b"labels": [1]}, open(path, "wb")), r"data_batch_2: not a CIFAR-10 batch \(a dict with b'data'"),
+    (lambda path: pickle.dump({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 2]}, open(path, "wb")),
+     r"data_batch_2: b'data' is float32 \(2, 3072\), not uint8 rows"),
+    (lambda path: pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1]}, open(path, "wb")),
+     r"data_batch_2: b'labels' is not 2 integers"),
+    (lambda path: pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, open(path, "wb")),
+     r"data_batch_2: labels must lie in 0\.\.9, found 3\.\.10"),
+])
+def test_a_corrupt_cifar_batch_names_the_file_and_the_problem(cifar_root, damage, message):
+    root, _ = cifar_root
+    damage(root / "cifar-10-batches-py" / "data_batch_2")
+    with pytest.raises(InputError, match=message):
+        load_cifar10(root)
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(data=np.zeros((2, 12288), np.uint8)), r"val_data\.npz: no 'labels' array \(it holds \['data'\]\)"),
+    (dict(data=np.zeros((2, 12288), np.uint8), labels=np.array([0, 5])),
+     r"val_data\.npz: labels must lie in 1\.\.1000 as in the downloaded files, found 0\.\.5"),
+    (dict(data=np.zeros((2, 12288), np.uint8), labels=np.array([1, 1001])), r"found 1\.\.1001"),
+    (dict(data=np.zeros((2, 64, 64, 3), np.uint8), labels=np.array([1, 2])), r"'data' is uint8 \(2, 64, 64, 3\), not uint8 rows"),
+    (dict(data=np.zeros((2, 12288), np.uint8), labels=np.array([1, 2, 3])), r"'labels' is not 2 integers"),
+])
+def test_an_imagenet64_batch_with_missing_keys_or_bad_labels_is_refused(tmp_path, arrays, message):
+    write_npz(tmp_path / "val_data.npz", **arrays)
+    with pytest.raises(InputError, match=message):
+        load_imagenet64(tmp_path, "val")
+
+
+def test_a_corrupt_imagenet64_batch_names_the_file(tmp_path):
+    path = write_npz(tmp_path / "val_data.npz", data=np.zeros((2, 12288), np.uint8), labels=np.array([1, 2]))
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(InputError, match=r"val_data\.npz: not a readable npz batch"):
+        load_imagenet64(tmp_path, "val")
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(InputError, match=r"val_data\.npz: not a readable npz batch"):
+        load_imagenet64(tmp_path, "val")
+
+
+def save_png(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_image_folder_ignores_hidden_folders_and_files(tmp_path):
+    save_png(tmp_path / "cat" / "0.png", 10)
+    save_png(tmp_path / "dog" / "0.png", 20)
+    save_png(tmp_path / ".ipynb_checkpoints" / "0-checkpoint.png")  # JupyterLab's own folder
+    (tmp_path / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork, not an image
+    (tmp_path / "dog" / ".ipynb_checkpoints").mkdir()
+    images, labels, class_names = load_image_folder(tmp_path, resolution=8)
+    assert class_names == ["cat", "dog"] and labels.tolist() == [0, 1]
+    assert images[:, 0, 0, 0].tolist() == [10, 20]
+
+
+def test_image_folder_refuses_an_empty_class_listing_the_classes_found(tmp_path):
+    save_png(tmp_path / "cat" / "0.png")
+    save_png(tmp_path / "cat" / "1.png")
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / "readme.txt").write_text("no images here")
+    with pytest.raises(InputError, match=r"dog: class folder holds no image .*classes found with their image counts: "
+                                         r"cat \(2\), dog \(0\); add images or remove the folder"):
+        load_image_folder(tmp_path, resolution=8)
+
+
+def test_image_folder_refuses_loose_and_corrupt_images_naming_the_file(tmp_path):
+    save_png(tmp_path / "cat" / "0.png")
+    save_png(tmp_path / "stray.png")
+    with pytest.raises(InputError, match=r"stray\.png: an image outside the class folders \(1 such files"):
+        load_image_folder(tmp_path, resolution=8)
+    (tmp_path / "stray.png").unlink()
+    good = (tmp_path / "cat" / "0.png").read_bytes()
+    (tmp_path / "cat" / "1.png").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(InputError, match=r"cat/1\.png: cannot be read as an image .*replace or delete the file"):
+        load_image_folder(tmp_path, resolution=8)
+    (tmp_path / "cat" / "1.png").write_bytes(b"plain text with a .png name")
+    with pytest.raises(InputError, match=r"cat/1\.png: cannot be read as an image \(cannot identify image file"):
+        load_image_folder(tmp_path, resolution=8)
