@@ -7,7 +7,7 @@ QUICK ?= 1
 # Test processes (one torch thread each): small tensor ops run faster this way than with threads fighting.
 JOBS ?= 2
 
-.PHONY: setup demo lab test bench book clean
+.PHONY: setup demo lab test bench book reference clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test: setup
 bench: setup
 	$(BIN)/python bench/samplers.py
 	$(BIN)/python bench/train_step.py
+
+# Full runs of every lecture (about 40 minutes on 2 CPU cores): claims, verdicts, run times and figures into
+# notebooks/reference/, which the quick runs and the book show next to their own numbers. NOTEBOOKS=... for some.
+reference: setup
+	MINIDIT_QUICK=0 $(BIN)/python -m minidit.course reference $(NOTEBOOKS)
 
 book: setup
 	$(BIN)/python -m minidit.course build-book --execute

@@ -1,7 +1,8 @@
 """Command line for the course tooling: ``python -m minidit.course <command>`` from the repository root.
 
 Commands: ``build-exercises`` (solutions/ -> exercises/), ``check-exercises`` (exit 1 when exercises/ is stale),
-``build-book [--execute] [--full] [--out _book]`` (HTML site) and ``outline`` (Markdown outline of book.toml).
+``build-book [--execute] [--full] [--out _book]`` (HTML site), ``outline`` (Markdown outline of book.toml) and
+``reference [NOTEBOOK ...]`` (full runs of the lectures into notebooks/reference/).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from minidit.course.book import build_book, chapter_run_times, load_book, machine_description, outline
 from minidit.course.exercises import build_exercises, outdated_exercises
+from minidit.course.reference import run_reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     book_parser.add_argument("--out", default="_book", help="output folder (default: _book)")
     book_parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell when executing")
     commands.add_parser("outline", help="print the course outline from book.toml as Markdown")
+    reference_parser = commands.add_parser("reference", help="run lectures in full mode; write notebooks/reference/")
+    reference_parser.add_argument("notebooks", nargs="*", help="lecture notebooks (default: every lecture in book.toml)")
     args = parser.parse_args(argv)
     root = Path(args.root)
 
@@ -44,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         field = "full_run_time" if args.full else "quick_run_time"
         for chapter_id, seconds in chapter_run_times(load_book(root / "book.toml"), timings).items():
             print(f'measured {chapter_id}: {field} = "{seconds:.0f} s ({machine_description()})"')
+    elif args.command == "reference":
+        lectures = args.notebooks or [c.lecture for c in load_book(root / "book.toml").chapters if c.lecture]
+        run_reference(lectures, root.resolve())
     else:
         print(outline(load_book(root / "book.toml")), end="")
     return 0
