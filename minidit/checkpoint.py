@@ -74,8 +74,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for damaged files
+        refused = str(error).startswith("Weights only load failed")
+        problem = "it holds more than tensors and plain data, refused without running it" if refused else "truncated or corrupt"
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read (truncated or corrupt: {type(error).__name__}: {error}). "
+            f"checkpoint {str(path)!r} cannot be read ({problem}: {type(error).__name__}: {_reason(error)}). "
             "Delete it and resume from an earlier checkpoint, or train again."
         ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -84,6 +86,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "pass a file written by minidit.train.Trainer.save or `python -m minidit train`"
         )
     return state
+
+
+def _reason(error: Exception) -> str:
+    """The specific part of a ``torch.load`` error on one line (its weights-only errors add paragraphs of advice)."""
+    text = str(error)
+    if text.startswith("Weights only load failed"):
+        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+        specific = " ".join(p for p in paragraphs[1:] if not p.startswith("Check the documentation"))
+        text = specific.removeprefix("WeightsUnpickler error:").strip() or paragraphs[0]
+    return " ".join(text.split())
 
 
 def _numpy_state_to_plain(state: dict[str, Any]) -> dict[str, Any]:

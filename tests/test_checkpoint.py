@@ -67,6 +67,30 @@ def test_truncated_file_gives_an_error_naming_the_file_and_the_fix(tmp_path):
         load_checkpoint(path)
 
 
+class RunsShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_hostile_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"format": "minidit-checkpoint-v1", "step": RunsShellCommand(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt' cannot be read \(it holds more than tensors and plain data, "
+                                              r"refused without running it: UnpicklingError: Trying to load unsupported "
+                                              r"GLOBAL posix\.system whose module posix is blocked\.\)\. Delete it"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    (tmp_path / "text.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"text\.pt' cannot be read .*UnpicklingError: .*\)\. Delete it") as info:
+        load_checkpoint(tmp_path / "text.pt")
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)  # torch's advice to load unsafely is cut
+
+
 def test_foreign_and_missing_files_are_rejected(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a minidit checkpoint"):
