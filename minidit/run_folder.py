@@ -5,7 +5,7 @@ into ``out_dir``. A folder that already holds these files holds a run: training 
 choice, to resume it (the metrics log is cut back to the checkpoint's step, so no step appears twice) or to
 overwrite it (its run files are removed first). While a run trains, a lock file holds its process id, so a
 second run on the same folder fails at once; a lock left by a killed process is detected as stale (its process
-no longer exists) and replaced. Each metrics record is appended in one write and cut back if that write fails,
+no longer exists) and replaced, with a warning on stderr. Each metrics record is appended in one write and cut back if that write fails,
 so a record is on disk whole or not at all; a torn last line left by an older writer is dropped and reported.
 Used by minidit/train.py and ``python -m minidit train --resume | --overwrite``.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ def remove_samples_after(folder: Path, step: int) -> None:
             path.unlink()
 
 
+def warn(message: str) -> None:
+    """Report something repaired on the way (not an error) as one line on stderr: ``warning: <message>``."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)  # signal 0: existence check only
@@ -72,7 +77,7 @@ class RunLock:
 
     The lock is the file ``folder/.minidit.lock``, created exclusively (``O_CREAT | O_EXCL``) and holding
     ``{"pid": ..., "host": ...}``. Creating it also proves that the folder is writable, before any training step.
-    A lock whose process no longer exists on this host is stale: it is replaced, with a warning.
+    A lock whose process no longer exists on this host is stale: it is replaced, with a warning on stderr.
 
     Raises:
         InputError: if the folder cannot be created or written, or another live process holds the lock.
@@ -85,6 +90,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Create the folder if needed and take the lock (see the class docstring)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{self.folder}: is a file, not a folder; choose another out_dir (--out)")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -115,20 +122,23 @@ class RunLock:
             pid, host = int(holder["pid"]), str(holder["host"])
         except FileNotFoundError:
             return  # released meanwhile
-        except (OSError, ValueError, KeyError, TypeError):
-            pid, host = None, None  # unreadable: a process killed between creating and writing it
-        if pid is not None and host != socket.gethostname():
+        except (OSError, ValueError, KeyError, TypeError) as error:  # empty while a run creates it, or damaged
+            raise InputError(
+                f"{self.folder}: the lock {self.path} is unreadable ({type(error).__name__}), so a run may be starting "
+                "here; try again, or delete the lock if no run uses this folder"
+            ) from error
+        if host != socket.gethostname():
             raise InputError(
                 f"{self.folder}: another run, process {pid} on host {host}, is training in this folder "
                 f"(lock {self.path}); wait for it, choose another out_dir, or delete the lock if that run is gone"
             )
-        if pid is not None and _process_exists(pid):
+        if _process_exists(pid):
             who = "this process" if pid == os.getpid() else f"process {pid}"
             raise InputError(
-                f"{self.folder}: another run ({who}) is training in this folder (lock {self.path}); "
-                "wait for it to finish or choose another out_dir (--out)"
+                f"{self.folder}: another run ({who}) is training in this folder (lock {self.path}); wait for it to "
+                "finish or choose another out_dir (--out); delete the lock only if that process is not a minidit run"
             )
-        warnings.warn(f"{self.folder}: removed the stale lock of process {pid}, which no longer runs", stacklevel=3)
+        warn(f"{self.folder}: removed the stale lock of process {pid}, which no longer runs")
         self.path.unlink(missing_ok=True)
 
     def release(self) -> None:
@@ -168,7 +178,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 def cut_metrics(path: Path, step: int) -> list[dict[str, Any]]:
     """Keep only the records of ``path`` up to ``step`` (rewritten atomically); returns the kept records.
 
-    A last line that is not valid JSON (a record torn by a crash or a full disk) is dropped with a warning.
+    A last line that is not valid JSON (a record torn by a crash or a full disk) is dropped, with a warning on stderr.
 
     Raises:
         InputError: if a line other than the last is not valid JSON, naming the file and the line.
@@ -189,8 +199,7 @@ def cut_metrics(path: Path, step: int) -> list[dict[str, Any]]:
                 raise InputError(
                     f"{path}: line {number} is not a metrics record ({error}); repair or delete the file to resume"
                 ) from error
-            warnings.warn(f"{path}: dropped a torn last line ({len(line)} bytes, line {number}) left by a crash",
-                          stacklevel=2)
+            warn(f"{path}: dropped a torn last line ({len(line)} bytes, line {number}) left by a crash")
             continue
         records.append(record)
     kept = [record for record in records if record["step"] <= step]

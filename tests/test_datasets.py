@@ -333,7 +333,7 @@ def test_image_folder_refuses_an_empty_class_listing_the_classes_found(tmp_path)
 def test_image_folder_refuses_loose_and_corrupt_images_naming_the_file(tmp_path):
     save_png(tmp_path / "cat" / "0.png")
     save_png(tmp_path / "stray.png")
-    with pytest.raises(InputError, match=r"stray\.png: an image outside the class folders \(1 such files"):
+    with pytest.raises(InputError, match=r"stray\.png: an image outside the class folders \(1 in .* itself\); move them into a class sub-folder \(cat\)"):
         load_image_folder(tmp_path, resolution=8)
     (tmp_path / "stray.png").unlink()
     good = (tmp_path / "cat" / "0.png").read_bytes()

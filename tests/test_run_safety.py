@@ -126,6 +126,10 @@ def test_a_stale_lock_of_a_dead_process_is_replaced_with_a_warning(tmp_path, cap
     tmp_path.joinpath(LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-host"}))  # cannot be checked
     with pytest.raises(InputError, match="process 1 on host another-host.*delete the lock if that run is gone"):
         RunLock(tmp_path).acquire()
+    tmp_path.joinpath(LOCK_NAME).write_text("")  # created but not yet written by a starting run
+    with pytest.raises(InputError, match=r"is unreadable \(JSONDecodeError\), so a run may be starting here"):
+        RunLock(tmp_path).acquire()
+    assert tmp_path.joinpath(LOCK_NAME).exists()
 
 
 def test_an_unwritable_output_folder_is_refused_before_step_1(tmp_path, monkeypatch):

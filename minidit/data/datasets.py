@@ -327,8 +327,8 @@ def load_image_folder(root: str | Path, resolution: int) -> tuple[Tensor, Tensor
     loose = _image_files(root)
     if loose:
         raise InputError(
-            f"{loose[0]}: an image outside the class folders ({len(loose)} such files in {root}); move them into "
-            f"a class sub-folder ({', '.join(class_names)})"
+            f"{loose[0]}: an image outside the class folders ({len(loose)} in {root} itself); move them into a "
+            f"class sub-folder ({', '.join(class_names)})"
         )
     files = [(path, label) for label, name in enumerate(class_names) for path in per_class[name]]
     images = np.stack([_load_resized(path, resolution) for path, _ in files])  # (N, 3, R, R)
