@@ -5,8 +5,8 @@ rows and columns (class name, CFG scale, step); each sample is enlarged by an in
 repetition, so a 16-pixel sample covers at least 64 screen pixels without being blurred. ``save_grid`` is the one
 grid helper of the library. The animations show particles moving along an interpolant's path
 ``x_t = alpha_t x0 + sigma_t eps`` (SiT, arXiv 2401.08740, Sec. 2.2) or along an ODE or SDE sampler's trajectory
-(Sec. 2.4); they are GIFs (matplotlib's ``PillowWriter``) returned as ``IPython.display.Image``, so executed notebooks
-and the HTML book contain them as ``image/gif``. ``slider`` is an ipywidgets slider in JupyterLab and a
+(Sec. 2.4); they are GIFs (frames drawn by matplotlib with blitting, written by Pillow) returned as
+``IPython.display.Image``, so executed notebooks and the HTML book contain them as ``image/gif``. ``slider`` is an ipywidgets slider in JupyterLab and a
 small-multiples figure in the book and CI.
 Used by ``minidit.train`` (training sample grids), ``python -m minidit sample``, ``minidit.demo`` and notebooks 01-04.
 
@@ -18,8 +18,8 @@ Example:
 from __future__ import annotations
 
 import importlib
-import io
 import importlib.util
+import io
 import math
 import os
 import warnings
