@@ -5,8 +5,9 @@ into ``out_dir``. A folder that already holds these files holds a run: training 
 choice, to resume it (the metrics log is cut back to the checkpoint's step, so no step appears twice) or to
 overwrite it (its run files are removed first). While a run trains, a lock file holds its process id, so a
 second run on the same folder fails at once; a lock left by a killed process is detected as stale (its process
-no longer exists) and replaced, with a warning on stderr. Each metrics record is appended in one write and cut back if that write fails,
-so a record is on disk whole or not at all; a torn last line left by an older writer is dropped and reported.
+no longer exists) and replaced, with a warning on stderr. Each metrics record is appended whole and cut back if
+its write fails, so a record is on disk whole or not at all; a torn last line left by a crash is dropped and
+reported.
 Used by minidit/train.py and ``python -m minidit train --resume | --overwrite``.
 
 Example:

@@ -328,7 +328,8 @@ class Trainer:
         sums, counts = torch.zeros(bins, device=self.device), torch.zeros(bins, device=self.device)
         # on the device, so that watching for divergence costs no sync per step: whether every step of this call
         # had a finite loss, and how many steps did before the first that did not
-        finite, finite_steps = torch.ones((), dtype=torch.bool, device=self.device), torch.zeros((), dtype=torch.long, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        finite_steps = torch.zeros((), dtype=torch.long, device=self.device)
         first_step = self.step
         window_start, clock = self.step, time.perf_counter()
         bar = tqdm(total=end, initial=self.step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
