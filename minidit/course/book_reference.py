@@ -61,6 +61,8 @@ def reference_markdown(lecture: str, root: Path | str, out: Path | str, page: st
         busy.append(f"kernel CPU time {reference['cpu_time_s']:.0f} s")
     if reference.get("load_average"):
         busy.append("load average " + " / ".join(f"{x:.1f}" for x in reference["load_average"]))
+    if reference.get("note"):
+        busy.append(reference["note"])
     lines = [title + f"The committed {reference['mode']} run took **{reference['run_time_s']:.0f} s** on {_text(reference['machine'])}"
              + (f" ({versions})" if versions else "") + f", {reference['date']}"
              + (f"; {', '.join(busy)}" if busy else "") + ".", "",
