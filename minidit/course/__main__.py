@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from minidit.course.book import build_book, chapter_run_times, load_book, machine_description, outline
+from minidit.course.book import build_book, chapter_run_times, load_book, outline
+from minidit.course.execute import machine_description
 from minidit.course.exercises import build_exercises, outdated_exercises
 from minidit.course.reference import run_reference
 

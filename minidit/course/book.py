@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import html
 import os
-import sys
-import time
 import tomllib
 from collections.abc import Collection
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from minidit.course.book_offline import book_exporter, check_offline, copy_mathjax, mathjax_url, static_widget_outputs
 from minidit.course.book_reference import reference_markdown
 from minidit.course.exercises import require_nbformat
+from minidit.course.execute import execute_notebook
 from minidit.validation import check_choice
 
 NOT_MEASURED = "not measured yet"
@@ -185,39 +183,6 @@ def _navigation(page: Page, pages: list[Page]) -> str:
     return " · ".join(parts)
 
 
-@contextmanager
-def _environment(**values: str):
-    """Set environment variables for the duration of a ``with`` block (a kernel started inside inherits them)."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
-
-
-def execute_notebook(notebook: object, directory: Path, quick: bool = True, timeout: int = 600) -> float:
-    """Execute ``notebook`` in place with nbclient (working directory ``directory``); return the seconds it took.
-
-    The kernel gets ``MINIDIT_QUICK`` = 1 (``quick``) or 0, and ``MINIDIT_STATIC=1``: nobody can move a slider in a
-    notebook executed without a browser, so interactive helpers draw a static figure instead of a widget.
-    Widget states (tqdm's progress bars) are saved in the notebook's metadata.
-    """
-    try:
-        from nbclient import NotebookClient
-    except ImportError as error:
-        raise ImportError("executing the book needs nbclient: pip install -e '.[dev]'") from error
-    with _environment(MINIDIT_QUICK="1" if quick else "0", MINIDIT_STATIC="1"):
-        start = time.perf_counter()
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3", store_widget_state=True,
-                       resources={"metadata": {"path": str(directory)}}).execute()
-        return time.perf_counter() - start
-
-
 def _index_html(book: Book, pages: list[Page]) -> str:
     targets = {p.source: p.target for p in pages}
     titles = {chapter.id: chapter.title for chapter in book.chapters}
@@ -306,8 +271,3 @@ def chapter_run_times(book: Book, timings: dict[str, float]) -> dict[str, float]
         if seconds:
             totals[chapter.id] = sum(seconds)
     return totals
-
-
-def machine_description() -> str:
-    """A short description of this machine for measured run times, e.g. ``"2 CPU cores, Python 3.11"``."""
-    return f"{os.cpu_count()} CPU cores, Python {sys.version_info.major}.{sys.version_info.minor}"

@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from minidit.course.execute import execute_notebook, machine_description
 from minidit.runs import quick_mode, repo_root, run_dir
 from minidit.verdict import Measurement, Verdict, judge
 
@@ -110,7 +111,6 @@ def run_reference(lectures: list[str], root: Path, timeout: int = 3600) -> list[
     import nbformat
     import torch
 
-    from minidit.course.book import execute_notebook, machine_description
 
     written = []
     for lecture in lectures:
