@@ -91,7 +91,7 @@ def test_caption_template_and_parse_round_trip():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "a big red circle at the top", "a large purple circle at the top", "a large red circle on the top",
+    ["", "a huge red circle at the top", "a large purple circle at the top", "a large red circle on the top",
      "a large red circle at the top and", "a large red circle at the top and a small red cross at the top"],
 )
 def test_parse_caption_rejects_bad_text(text):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from minidit.data.captions import parse_caption
 from minidit.data.shapes import (
     COLOURS,
     SHAPES,
@@ -34,7 +35,6 @@ from minidit.data.shapes import (
     ObjectSpec,
     Scene,
     class_label,
-    parse_caption,
     render,
     sample_scenes,
 )

@@ -19,7 +19,6 @@ Example:
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,7 +49,6 @@ MIN_RESOLUTION, MAX_RESOLUTION = 16, 256
 CROSS_ARM_WIDTH = 1 / 3  # width of a cross's arms as a fraction of the cross's width
 
 _COLOUR_NAMES = tuple(COLOURS)
-_POSITION_TO_CELL = {name: (row, col) for row, names in enumerate(POSITIONS) for col, name in enumerate(names)}
 
 
 @dataclass(frozen=True)
@@ -176,31 +174,13 @@ def caption(scene: Scene) -> str:
     return " and ".join(f"a {o.size} {o.colour} {o.shape} at the {o.position}" for o in scene.objects)
 
 
-_OBJECT_PHRASE = re.compile(
-    rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the "
-    rf"({'|'.join(sorted(_POSITION_TO_CELL, key=len, reverse=True))})"
-)
+def __getattr__(name: str) -> object:
+    """``parse_caption`` lives with the caption grammar (``minidit.data.captions``, which imports this module)."""
+    if name == "parse_caption":
+        from minidit.data.captions import parse_caption
 
-
-def parse_caption(text: str) -> Scene:
-    """Invert ``caption``: parse a template caption (case and surrounding spaces ignored) back to its scene.
-
-    Raises:
-        ValueError: if a phrase does not follow ``"a <size> <colour> <shape> at the <position>"`` or two
-            objects share a cell.
-    """
-    objects = []
-    for phrase in text.strip().lower().split(" and "):
-        match = _OBJECT_PHRASE.fullmatch(phrase.strip())
-        if match is None:
-            raise ValueError(
-                f"cannot parse {phrase!r} in caption {text!r}; each object must read 'a <size> <colour> <shape> "
-                f"at the <position>' with sizes {tuple(SIZES)}, colours {_COLOUR_NAMES}, shapes {SHAPES}, "
-                f"positions {tuple(_POSITION_TO_CELL)}, objects joined by ' and '"
-            )
-        size, colour, shape, position = match.groups()
-        objects.append(ObjectSpec(shape, colour, size, *_POSITION_TO_CELL[position]))
-    return Scene(tuple(objects))
+        return parse_caption
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def class_label(scene: Scene) -> int:
