@@ -123,5 +123,6 @@ class KVCompression(nn.Module):
             channels = kv.permute(0, 1, 4, 2, 3).reshape(2 * n, self.dim, h, w)  # (2N, D, h, w), channel = head * Dh + j
             merged = self.conv(channels)  # (2N, D, h / r, w / r)
             kv = merged.reshape(2 * n, heads, head_dim, h // r, w // r).permute(0, 1, 3, 4, 2)  # (2N, H, h/r, w/r, Dh)
-        kv = kv.reshape(2 * n, heads, (h // r) * (w // r), head_dim)  # (2N, H, S, Dh)
+        kv = kv.reshape(2 * n, heads, (h // r) * (w // r), head_dim).contiguous()  # (2N, H, S, Dh)
+        # contiguous: with a strided Dh, SDPA would leave its fused CPU kernel for the slow math path
         return kv[:n], kv[n:]

@@ -60,6 +60,7 @@ def test_every_mode_keeps_heads_and_width_and_divides_the_tokens_by_r_squared(mo
     k_out, v_out = KVCompression(10, ratio, mode)(k, k.clone(), grid)
     expected = (3, 2, grid[0] * grid[1] // ratio**2, 5)
     assert k_out.shape == v_out.shape == expected
+    assert k_out.is_contiguous() and v_out.is_contiguous()  # else SDPA falls back from its fused CPU kernel
 
 
 def test_uniform_keeps_the_top_left_token_of_each_window():
