@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from minidit.attention import merge_heads, split_heads
+from minidit.dit import DiT, DiTConfig
 from minidit.kv_compression import KV_MODES, KVCompression, attention_flops
 
 
@@ -150,3 +151,57 @@ def test_attention_flops_equal_the_counted_matmuls_and_conv(ratio, mode):
 def test_attention_flops_rejects_a_token_count_the_ratio_cannot_divide():
     with pytest.raises(ValueError, match=r"tokens \(30\) must be a multiple of ratio\^2 \(2\^2\)"):
         attention_flops(30, 8, 2)
+
+
+# Model level: the DiT's blocks compress between ``attn.project`` and ``attn.attend`` (``DiTConfig.kv_compression``).
+MODEL = dict(input_size=16, patch_size=2, in_channels=3, hidden_size=32, depth=3, num_heads=2, pos_embed="none")
+
+
+def trained_looking(model: DiT) -> DiT:
+    """Random weights everywhere, so the zero-initialised adaLN and final layer do not hide what attention does."""
+    torch.manual_seed(1)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return model
+
+
+def window_constant_images(n: int, side: int, window: int) -> torch.Tensor:
+    """Random ``(N, 3, side, side)`` images, constant on each ``window x window`` pixel block."""
+    coarse = torch.randn(n, 3, side // window, side // window)
+    return coarse.repeat_interleave(window, dim=2).repeat_interleave(window, dim=3)
+
+
+@pytest.mark.parametrize("mode", KV_MODES)
+@pytest.mark.parametrize("qk_norm", [None, "rmsnorm"])
+def test_a_compressed_dit_loads_an_uncompressed_one_and_keeps_its_output_on_window_constant_images(mode, qk_norm):
+    plain = trained_looking(DiT(DiTConfig(**MODEL, qk_norm=qk_norm))).eval()
+    compressed = DiT(DiTConfig(**MODEL, qk_norm=qk_norm, kv_compression={"ratio": 2, "mode": mode})).eval()
+    missing, unexpected = compressed.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == []
+    assert missing == ([f"blocks.{i}.kv_compression.conv.{p}" for i in range(3) for p in ("weight", "bias")]
+                       if mode == "conv" else [])
+    if mode == "conv":
+        assert all(torch.all(b.kv_compression.conv.weight == 0.25) for b in compressed.blocks)
+    torch.manual_seed(0)
+    t = torch.rand(2)
+    x = window_constant_images(2, 16, 2 * 2)  # r * p = 4 pixels: each 2 x 2 token window is constant
+    torch.testing.assert_close(compressed(x, t), plain(x, t), rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 3, 16, 16)  # general images: the keys differ within a window, so does the output
+    assert (compressed(x, t) - plain(x, t)).abs().max() > 1e-3
+
+
+def test_blocks_selects_which_blocks_attend_to_compressed_keys():
+    model = DiT(DiTConfig(**MODEL, kv_compression={"ratio": 2, "blocks": [1]}))
+    assert [block.kv_compression is not None for block in model.blocks] == [False, True, False]
+    keys = []
+    for block in model.blocks:
+        attend = block.attn.attend
+        block.attn.attend = lambda q, k, v, mask=None, attend=attend: keys.append(k.shape[2]) or attend(q, k, v, mask)
+    model(torch.randn(1, 3, 16, 16), torch.rand(1))
+    assert keys == [64, 16, 64]
+
+
+def test_a_dit_on_a_grid_the_ratio_does_not_divide_says_which_grid():
+    model = DiT(DiTConfig(**MODEL, kv_compression={"ratio": 2}))
+    with pytest.raises(ValueError, match=r"token grid \(5, 6\) is not divisible by the KV compression ratio r=2"):
+        model(torch.randn(1, 3, 10, 12), torch.rand(1))
