@@ -19,7 +19,7 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,28 +87,61 @@ class Scene:
             raise ValueError(f"objects of a scene must be in distinct grid cells; got cells {cells}")
 
 
-def sample_scenes(n: int, seed: int | Sequence[int], min_objects: int = 1, max_objects: int = 3) -> list[Scene]:
+def _pairs_problem(name: str, pairs: Collection[tuple[str, str]]) -> str | None:
+    """A message if ``pairs`` holds something other than ``(shape, colour)`` pairs of the shapes world."""
+    bad = [p for p in pairs if not (isinstance(p, tuple) and len(p) == 2 and p[0] in SHAPES and p[1] in COLOURS)]
+    return f"{name} must hold (shape, colour) pairs with shapes {SHAPES} and colours {_COLOUR_NAMES}; got {bad}" if bad else None
+
+
+def sample_scenes(
+    n: int,
+    seed: int | Sequence[int],
+    min_objects: int = 1,
+    max_objects: int = 3,
+    count_prob: float = 0.0,
+    excluded_pairs: Collection[tuple[str, str]] = (),
+    required_pairs: Collection[tuple[str, str]] = (),
+) -> list[Scene]:
     """Sample ``n`` scenes with uniform shapes, colours, sizes and distinct cells; the same seed gives the same scenes.
 
     Args:
         n: number of scenes.
         seed: an integer, or a sequence of integers such as ``(seed, step)`` (numpy ``default_rng`` seeding).
         min_objects, max_objects: the number of objects per scene is uniform in ``[min_objects, max_objects]``.
+        count_prob: probability that a scene is a count scene: all its objects share one shape, colour and size
+            (varied captions then count them: "two small red circles at ..."). ``0`` draws nothing extra, so the
+            scenes are those of earlier versions.
+        excluded_pairs: ``(shape, colour)`` pairs no object may have; a scene with one is drawn again.
+        required_pairs: if given, every scene holds at least one object with one of these pairs (drawn again until
+            it does): the held-out split of ``minidit.data.captions.HELDOUT_PAIRS``.
     """
     if not 0 <= min_objects <= max_objects <= 9:
         raise ValueError(f"need 0 <= min_objects <= max_objects <= 9; got {min_objects}, {max_objects}")
+    if not 0.0 <= count_prob <= 1.0:
+        raise ValueError(f"count_prob must be a probability in [0, 1]; got {count_prob}")
+    excluded, required = set(excluded_pairs), set(required_pairs)
+    problem = _pairs_problem("excluded_pairs", excluded) or _pairs_problem("required_pairs", required)
+    if problem:
+        raise ValueError(problem)
+    if required and (not required - excluded or max_objects == 0):
+        raise ValueError("required_pairs leaves no possible scene: give a pair that is not excluded and max_objects >= 1")
     rng = np.random.default_rng(seed)
-    scenes = []
-    for _ in range(n):
+    scenes: list[Scene] = []
+    while len(scenes) < n:
+        identical = count_prob > 0 and rng.random() < count_prob
         count = int(rng.integers(min_objects, max_objects + 1))
         cells = np.sort(rng.choice(9, size=count, replace=False))
-        shapes = rng.integers(len(SHAPES), size=count)
-        colours = rng.integers(len(COLOURS), size=count)
-        sizes = rng.integers(len(SIZES), size=count)
+        kinds = 1 if identical else count  # a count scene draws one shape, colour and size for all its objects
+        shapes = np.resize(rng.integers(len(SHAPES), size=kinds), count)
+        colours = np.resize(rng.integers(len(COLOURS), size=kinds), count)
+        sizes = np.resize(rng.integers(len(SIZES), size=kinds), count)
         objects = tuple(
             ObjectSpec(SHAPES[s], _COLOUR_NAMES[c], tuple(SIZES)[z], int(cell) // 3, int(cell) % 3)
             for cell, s, c, z in zip(cells, shapes, colours, sizes)
         )
+        pairs = {(o.shape, o.colour) for o in objects}
+        if pairs & excluded or (required and not pairs & required):
+            continue
         scenes.append(Scene(objects))
     return scenes
 
@@ -196,6 +229,10 @@ def class_label(scene: Scene) -> int:
     return SHAPES.index(obj.shape) * len(COLOURS) + _COLOUR_NAMES.index(obj.colour)
 
 
+CAPTION_MODES = ("none", "template", "varied")
+SPLITS = ("train", "heldout")
+
+
 class ShapesDataset:
     """An endless stream of shapes scenes; batch ``step`` depends only on ``(seed, step)``.
 
@@ -203,30 +240,82 @@ class ShapesDataset:
         resolution: image side in pixels (16 to 256).
         min_objects, max_objects: objects per scene. Class labels ``"y"`` exist only when ``max_objects == 1``.
         seed: the stream's seed.
+        captions: ``"none"``; ``"template"`` or ``"varied"`` (``minidit.data.captions.describe`` without or with an
+            rng seeded by ``(seed, step)``): ``get_batch`` then also returns the captions' token ids.
+        text_length: tokens per caption, ``[BOS]`` and ``[EOS]`` included (``minidit.text.shapes_tokenizer``).
+        holdout: keep the ``(shape, colour)`` pairs of ``minidit.data.captions.HELDOUT_PAIRS`` out of ``split="train"``.
+        split: ``"train"``, or ``"heldout"`` (needs ``holdout``): every scene holds at least one held-out pair.
+        count_prob: probability of a count scene, all objects alike (see ``sample_scenes``).
     """
 
-    def __init__(self, resolution: int = 32, min_objects: int = 1, max_objects: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        resolution: int = 32,
+        min_objects: int = 1,
+        max_objects: int = 1,
+        seed: int = 0,
+        captions: str = "none",
+        text_length: int = 40,
+        holdout: bool = False,
+        split: str = "train",
+        count_prob: float = 0.0,
+    ) -> None:
+        from minidit.data.captions import HELDOUT_PAIRS  # lazy: the caption grammar imports this module
+
         if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
             raise ValueError(f"resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]; got {resolution}")
+        check_choice("captions", captions, CAPTION_MODES)
+        check_choice("split", split, SPLITS)
+        if split == "heldout" and not holdout:
+            raise ValueError('split="heldout" needs holdout=True (the held-out pairs are only defined with it)')
+        if captions != "none" and min_objects < 1:
+            raise ValueError(f"captions need scenes with objects; got min_objects={min_objects}, use min_objects >= 1")
         self.resolution, self.min_objects, self.max_objects, self.seed = resolution, min_objects, max_objects, seed
+        self.captions_mode, self.text_length, self.count_prob = captions, text_length, count_prob
+        self.holdout, self.split = holdout, split
+        self.excluded_pairs = HELDOUT_PAIRS if holdout and split == "train" else ()
+        self.required_pairs = HELDOUT_PAIRS if split == "heldout" else ()
         self.num_classes = NUM_CLASSES
+        self.tokenizer = None
+        if captions != "none":
+            from minidit.text import shapes_tokenizer  # lazy: image-only streams need no text package
+
+            self.tokenizer = shapes_tokenizer()
+        self.scenes(0, 1)  # fail now, not at the first batch, on bad object counts or count_prob
 
     def scenes(self, step: int, batch_size: int) -> list[Scene]:
         """The scenes of batch ``step``."""
-        return sample_scenes(batch_size, (self.seed, step), self.min_objects, self.max_objects)
+        return sample_scenes(batch_size, (self.seed, step), self.min_objects, self.max_objects, self.count_prob,
+                             self.excluded_pairs, self.required_pairs)
+
+    def captions(self, step: int, batch_size: int) -> list[str]:
+        """The caption strings of batch ``step``: varied with ``captions="varied"``, the template captions otherwise."""
+        from minidit.data.captions import describe  # lazy: the caption grammar imports this module
+
+        scenes = self.scenes(step, batch_size)
+        if self.captions_mode != "varied":
+            return [describe(s) for s in scenes]
+        rng = np.random.default_rng((self.seed, step, 1))  # its own stream: the scenes do not depend on it
+        return [describe(s, rng) for s in scenes]
 
     def get_batch(
         self, step: int, batch_size: int, with_captions: bool = False
     ) -> tuple[Tensor, dict[str, Tensor | list[str]]]:
         """Return batch ``step``: ``images (B, 3, H, W)`` in ``[-1, 1]`` and the conditioning.
 
-        The conditioning holds ``"y"``: class labels ``(B,)`` long (single-object streams only) and, with
-        ``with_captions``, ``"captions"``: a list of ``B`` caption strings.
+        The conditioning holds ``"y"``: class labels ``(B,)`` long (single-object streams only); with captions on,
+        ``"text_ids"`` ``(B, text_length)`` long and ``"text_mask"`` ``(B, text_length)`` bool (True on real
+        tokens); and with ``with_captions``, ``"captions"``: the ``B`` strings (see ``captions``).
         """
         scenes = self.scenes(step, batch_size)
         conditioning: dict[str, Tensor | list[str]] = {}
         if self.max_objects == 1:
             conditioning["y"] = torch.tensor([class_label(s) for s in scenes], dtype=torch.long)
-        if with_captions:
-            conditioning["captions"] = [caption(s) for s in scenes]
+        if self.tokenizer is not None or with_captions:
+            texts = self.captions(step, batch_size)
+            if self.tokenizer is not None:
+                ids, mask = self.tokenizer.encode(texts, self.text_length)
+                conditioning["text_ids"], conditioning["text_mask"] = ids, mask
+            if with_captions:
+                conditioning["captions"] = texts
         return render(scenes, self.resolution), conditioning
