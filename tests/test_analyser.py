@@ -3,12 +3,16 @@ import pytest
 import torch
 
 from minidit.data.analyser import (
+    CAPTION_METRICS,
+    OBJECT_METRICS,
     alignment,
     analyse,
     analyse_batch,
+    attribute_accuracy,
     caption_alignment,
     class_accuracy,
     noise_robustness,
+    object_reports,
     scene_accuracy,
     scene_alignment,
 )
@@ -86,3 +90,45 @@ def test_bad_inputs_raise_clear_errors():
         caption_alignment(torch.zeros(2, 3, 32, 32), ["a small red circle at the top"])
     with pytest.raises(ValueError, match="cannot parse"):
         alignment("a red thing", torch.zeros(3, 32, 32))
+
+
+def test_attribute_accuracy_and_object_reports_on_right_and_deliberately_wrong_renders():
+    red = ObjectSpec("circle", "red", "large", 0, 0)
+    blue = ObjectSpec("triangle", "blue", "small", 2, 2)
+    green = ObjectSpec("square", "green", "small", 1, 1)
+    text = ("at the centre, a tiny green box and a big red disc in the upper left corner "
+            "and a blue triangle, small, at the lower right")  # written order: green, red, blue
+    renders = [
+        Scene((red, blue, green)),  # right
+        Scene((ObjectSpec("circle", "yellow", "large", 0, 0), blue, green)),  # red's colour swapped
+        Scene((red, ObjectSpec("triangle", "blue", "small", 2, 1), green)),  # blue moved one cell left
+        Scene((red, blue)),  # green dropped
+    ]
+    images = render(renders, 32)
+    assert attribute_accuracy(images[:1], [text]) == {key: 1.0 for key in (*OBJECT_METRICS, *CAPTION_METRICS)}
+    scores = attribute_accuracy(images, [text] * 4)
+    assert scores == pytest.approx({"colour": 9 / 12, "shape": 10 / 12, "size": 10 / 12, "position": 10 / 12,
+                                    "object": 9 / 12, "count": 3 / 4, "scene": 1 / 4})
+    reports = object_reports(images, [text] * 4)
+    assert [(r["caption"], r["order"], r["objects"]) for r in reports[:4]] == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3)]
+    assert [r["expected"] for r in reports[:3]] == [green, red, blue]
+    swapped = reports[4]  # caption 1, second object written: the red disc read as yellow
+    assert swapped["read"].colour == "yellow" and not swapped["colour"] and swapped["shape"] and swapped["size"]
+    assert swapped["position"] and not swapped["object"]
+    moved = reports[8]  # caption 2, third object written: nothing in the blue triangle's cell
+    assert moved["read"] is None and not any(moved[key] for key in OBJECT_METRICS)
+    dropped = reports[9]  # caption 3, first object written: the green box
+    assert dropped["expected"] == green and dropped["read"] is None and not dropped["position"]
+    assert [r["object"] for r in reports] == [True] * 4 + [False] + [True] * 3 + [False] + [False, True, True]
+
+
+def test_attribute_accuracy_counts_objects_anywhere_and_extra_objects_fail_the_scene():
+    scene = Scene((ObjectSpec("cross", "white", "small", 0, 1), ObjectSpec("cross", "white", "small", 2, 1)))
+    extra = Scene(scene.objects + (ObjectSpec("diamond", "cyan", "large", 1, 1),))
+    text = "two tiny white crosses in the top and the bottom middle"
+    scores = attribute_accuracy(render([scene, extra], 32), [text, text])
+    assert scores["object"] == 1.0 and scores["count"] == 0.5 and scores["scene"] == 0.5
+    with pytest.raises(ValueError, match="one caption per image"):
+        attribute_accuracy(render([scene], 32), [text, text])
+    with pytest.raises(ValueError, match="captions is empty"):
+        object_reports(render([scene], 32)[:0], [])

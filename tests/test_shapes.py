@@ -19,6 +19,9 @@ from minidit.data.shapes import (
     render,
     sample_scenes,
 )
+from minidit.data.captions import HELDOUT_PAIRS
+from minidit.text import shapes_tokenizer
+from minidit.text.tokenizer import normalize
 
 
 def one(shape="circle", colour="red", size="large", row=1, col=1):
@@ -141,3 +144,77 @@ def test_multi_object_dataset_has_captions_but_no_class_labels():
     images, cond = ShapesDataset(resolution=24, min_objects=2, max_objects=3).get_batch(0, 4, with_captions=True)
     assert "y" not in cond and images.shape == (4, 3, 24, 24)
     assert all(len(parse_caption(c).objects) in (2, 3) for c in cond["captions"])
+
+
+def test_default_streams_are_unchanged_by_the_new_options():
+    # values of the sampler before count scenes and held-out pairs existed
+    assert [caption(s) for s in sample_scenes(3, 0)] == [
+        "a large cyan circle at the top right and a large magenta circle at the center and a large white circle at the bottom",
+        "a small blue cross at the center and a large white diamond at the right and a large yellow circle at the bottom",
+        "a small blue circle at the top left and a small blue square at the top and a small red triangle at the bottom",
+    ]
+    assert [class_label(s) for s in ShapesDataset(seed=0).scenes(0, 8)] == [24, 0, 32, 27, 17, 32, 31, 26]
+
+
+def test_count_scenes_hold_identical_objects_at_the_requested_rate():
+    def alike(scene):
+        return len({(o.shape, o.colour, o.size) for o in scene.objects}) == 1
+
+    every = sample_scenes(300, 0, 2, 3, count_prob=1.0)
+    assert all(alike(s) for s in every) and {len(s.objects) for s in every} == {2, 3}
+    half = sample_scenes(2000, 0, 2, 2, count_prob=0.5)
+    # a count scene is alike; a free 2-object scene is alike with probability 1 / (5 * 7 * 2) = 1 / 70
+    assert 0.45 < sum(alike(s) for s in half) / 2000 < 0.56
+    with pytest.raises(ValueError, match="count_prob"):
+        sample_scenes(1, 0, count_prob=1.5)
+
+
+def test_holdout_keeps_heldout_pairs_out_of_train_and_in_every_heldout_scene():
+    heldout = set(HELDOUT_PAIRS)
+    train = ShapesDataset(resolution=16, min_objects=1, max_objects=3, holdout=True, count_prob=0.3)
+    test = ShapesDataset(resolution=16, min_objects=1, max_objects=3, holdout=True, split="heldout")
+    for step in range(20):
+        assert not any((o.shape, o.colour) in heldout for s in train.scenes(step, 32) for o in s.objects)
+        assert all(any((o.shape, o.colour) in heldout for o in s.objects) for s in test.scenes(step, 32))
+    single = ShapesDataset(resolution=16, holdout=True)
+    labels = {label for step in range(30) for label in single.get_batch(step, 32)[1]["y"].tolist()}
+    assert labels == set(range(NUM_CLASSES)) - {class_label(one(shape, colour)) for shape, colour in heldout}
+    with pytest.raises(ValueError, match="needs holdout=True"):
+        ShapesDataset(split="heldout")
+    with pytest.raises(ValueError, match="leaves no possible scene"):
+        sample_scenes(1, 0, excluded_pairs=HELDOUT_PAIRS, required_pairs=HELDOUT_PAIRS)
+    with pytest.raises(ValueError, match=r"\(shape, colour\) pairs"):
+        sample_scenes(1, 0, excluded_pairs=[("red", "circle")])
+
+
+@pytest.mark.parametrize("mode", ["template", "varied"])
+def test_caption_streams_give_token_ids_that_decode_to_the_batch_captions(mode):
+    data = ShapesDataset(resolution=24, min_objects=1, max_objects=3, seed=5, captions=mode, count_prob=0.3)
+    images, cond = data.get_batch(2, 16)
+    texts = data.captions(2, 16)
+    assert set(cond) == {"text_ids", "text_mask"}  # multi-object: no class labels
+    assert cond["text_ids"].shape == cond["text_mask"].shape == (16, 40)
+    assert cond["text_ids"].dtype == torch.long and cond["text_mask"].dtype == torch.bool
+    tokenizer = shapes_tokenizer()
+    assert [tokenizer.decode(row[mask]) for row, mask in zip(cond["text_ids"], cond["text_mask"])] == [
+        normalize(t) for t in texts]
+    assert torch.equal(render([parse_caption(t) for t in texts], 24), images)
+    again_images, again = ShapesDataset(resolution=24, min_objects=1, max_objects=3, seed=5, captions=mode,
+                                        count_prob=0.3).get_batch(2, 16, with_captions=True)
+    assert torch.equal(again["text_ids"], cond["text_ids"]) and again["captions"] == texts
+    if mode == "template":
+        assert texts == [caption(s) for s in data.scenes(2, 16)]
+    else:
+        assert texts != [caption(s) for s in data.scenes(2, 16)]
+        assert data.captions(3, 16) != texts
+    single = ShapesDataset(resolution=16, seed=5, captions=mode).get_batch(0, 4)[1]
+    assert set(single) == {"y", "text_ids", "text_mask"}
+
+
+def test_caption_options_are_checked():
+    with pytest.raises(ValueError, match="valid captions"):
+        ShapesDataset(captions="fancy")
+    with pytest.raises(ValueError, match="min_objects >= 1"):
+        ShapesDataset(min_objects=0, captions="varied")
+    with pytest.raises(ValueError, match="max_length"):
+        ShapesDataset(min_objects=3, max_objects=3, captions="template", text_length=10).get_batch(0, 1)
