@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from minidit.data.shapes import MAX_RESOLUTION, MIN_RESOLUTION
+from minidit.data.shapes import CAPTION_MODES, MAX_RESOLUTION, MIN_RESOLUTION, SPLITS
 from minidit.dit import PRESETS, STYLES
 from minidit.interpolants import INTERPOLANTS
 from minidit.norms import NORMS
@@ -173,7 +173,9 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "data.toy": {"target": choice(TARGETS), "seed": SEED},
     "data.shapes": {"resolution": integer(MIN_RESOLUTION, MAX_RESOLUTION), "min_objects": integer(0, 9),
-                    "max_objects": integer(0, 9), "seed": SEED},
+                    "max_objects": integer(0, 9), "seed": SEED, "captions": choice(CAPTION_MODES),
+                    "text_length": integer(3, note=" ([BOS], one word, [EOS])"), "split": choice(SPLITS),
+                    "count_prob": number(0, 1)},
     "data.cifar10": {"root": ROOT, "split": choice(("train", "test")), "seed": SEED},
     "data.imagenet64": {"root": ROOT, "split": choice(("train", "val")), "seed": SEED, "resolution": integer(1),
                         "batches": Rule(lambda v: len(v) > 0 and all(1 <= b <= 10 for b in v),
@@ -257,7 +259,11 @@ def dit_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def shapes_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """``(key, problem)`` for the shapes data: at least as many objects at most as at least."""
+    """``(key, problem)`` for the shapes data: objects at most >= at least; captions need objects; heldout needs holdout."""
     low, high = values.get("min_objects", 1), values.get("max_objects", 1)
     if low > high:
         yield "max_objects", f"{high} is below min_objects = {low}; use max_objects >= min_objects"
+    if values.get("captions", "none") != "none" and low < 1:
+        yield "min_objects", "is 0, but an empty scene has no caption; use min_objects >= 1 with captions"
+    if values.get("split", "train") == "heldout" and not values.get("holdout", False):
+        yield "split", '"heldout" needs holdout = true (the held-out pairs are only kept out with it)'

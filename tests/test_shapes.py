@@ -218,3 +218,19 @@ def test_caption_options_are_checked():
         ShapesDataset(min_objects=0, captions="varied")
     with pytest.raises(ValueError, match="max_length"):
         ShapesDataset(min_objects=3, max_objects=3, captions="template", text_length=10).get_batch(0, 1)
+
+
+def test_config_data_section_takes_the_caption_keys_and_names_the_bad_one():
+    from minidit.config import ConfigError, build_data, check_data
+
+    keys = {"name": "shapes", "max_objects": 3, "captions": "varied", "text_length": 40, "holdout": True,
+            "split": "heldout", "count_prob": 0.3}
+    assert check_data(keys) == keys
+    assert build_data(keys).required_pairs == HELDOUT_PAIRS
+    for bad, message in [({"captions": "fancy"}, r"\[data\] captions: got 'fancy'"),
+                         ({"split": "heldout"}, r"\[data\] split: \"heldout\" needs holdout = true"),
+                         ({"captions": "template", "min_objects": 0}, r"\[data\] min_objects: is 0"),
+                         ({"count_prob": 1.5}, r"\[data\] count_prob: got 1.5"),
+                         ({"text_length": 2}, r"\[data\] text_length: got 2")]:
+        with pytest.raises(ConfigError, match=message):
+            check_data({"name": "shapes", **bad})
