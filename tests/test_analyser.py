@@ -110,7 +110,8 @@ def test_attribute_accuracy_and_object_reports_on_right_and_deliberately_wrong_r
     assert scores == pytest.approx({"colour": 9 / 12, "shape": 10 / 12, "size": 10 / 12, "position": 10 / 12,
                                     "object": 9 / 12, "count": 3 / 4, "scene": 1 / 4})
     reports = object_reports(images, [text] * 4)
-    assert [(r["caption"], r["order"], r["objects"]) for r in reports[:4]] == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3)]
+    firsts = [(r["caption"], r["order"], r["objects"]) for r in reports[:4]]
+    assert firsts == [(0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 3)]
     assert [r["expected"] for r in reports[:3]] == [green, red, blue]
     swapped = reports[4]  # caption 1, second object written: the red disc read as yellow
     assert swapped["read"].colour == "yellow" and not swapped["colour"] and swapped["shape"] and swapped["size"]

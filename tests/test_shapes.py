@@ -149,8 +149,10 @@ def test_multi_object_dataset_has_captions_but_no_class_labels():
 def test_default_streams_are_unchanged_by_the_new_options():
     # values of the sampler before count scenes and held-out pairs existed
     assert [caption(s) for s in sample_scenes(3, 0)] == [
-        "a large cyan circle at the top right and a large magenta circle at the center and a large white circle at the bottom",
-        "a small blue cross at the center and a large white diamond at the right and a large yellow circle at the bottom",
+        "a large cyan circle at the top right and a large magenta circle at the center and "
+        "a large white circle at the bottom",
+        "a small blue cross at the center and a large white diamond at the right and "
+        "a large yellow circle at the bottom",
         "a small blue circle at the top left and a small blue square at the top and a small red triangle at the bottom",
     ]
     assert [class_label(s) for s in ShapesDataset(seed=0).scenes(0, 8)] == [24, 0, 32, 27, 17, 32, 31, 26]

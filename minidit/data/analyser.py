@@ -126,7 +126,7 @@ def scene_alignment(expected: Scene, found: Scene) -> float:
 
 
 def alignment(caption: str, image: Tensor) -> float:
-    """Alignment in ``[0, 1]`` of one image ``(3, H, W)`` with a caption (template or varied); see ``scene_alignment``."""
+    """Alignment in ``[0, 1]`` of one image ``(3, H, W)`` with any caption of the grammar; see ``scene_alignment``."""
     return scene_alignment(parse_caption(caption), analyse(image))
 
 

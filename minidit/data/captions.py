@@ -33,7 +33,7 @@ import re
 
 import numpy as np
 
-from minidit.data.shapes import COLOURS, SHAPES, SIZES, ObjectSpec, Scene, caption
+from minidit.data.shapes import COLOURS, ObjectSpec, Scene, caption
 
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "tiny"), "large": ("large", "big")}
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
@@ -64,7 +64,7 @@ HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (  # one per shape, distinct colour
     ("diamond", "cyan"),
     ("cross", "green"),
 )
-MAX_CAPTION_PIECES = 36  # words and commas of the longest caption of a scene of 1 to 3 objects (tested)
+MAX_CAPTION_PIECES = 35  # words and commas of the longest caption of 1 to 3 objects (tested); + [BOS], [EOS]: 37 tokens
 
 
 def plural(word: str) -> str:

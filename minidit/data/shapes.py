@@ -5,7 +5,9 @@ caption ("a large red circle at the top left and a small blue triangle at the bo
 completely, so a generated image can be checked against its prompt exactly (``minidit.data.analyser``).
 It stands in for the captioned image sets of DiT (arXiv 2212.09748, Sec. 4: class-conditional) and
 SD3 / PixArt-Sigma (arXiv 2403.03206, 2403.04692: text-conditional), at CPU scale.
-Used by notebooks/03_dit_from_scratch.ipynb and configs/shapes_dit_tiny.toml.
+Used by notebooks/03_dit_from_scratch.ipynb and configs/shapes_dit_tiny.toml; with varied captions
+(``minidit.data.captions``), count scenes and held-out (shape, colour) pairs, by the text-to-image notebooks
+05_text_conditioning.ipynb, 06_mmdit.ipynb and 07_kv_compression.ipynb and configs/shapes_t2i_*.toml.
 
 Rendering is anti-aliased from signed distances: a pixel with centre at distance ``d`` (in pixels, negative
 inside) from a shape's edge gets coverage ``clamp(0.5 - d, 0, 1)``, the exact covered fraction for a
@@ -90,7 +92,9 @@ class Scene:
 def _pairs_problem(name: str, pairs: Collection[tuple[str, str]]) -> str | None:
     """A message if ``pairs`` holds something other than ``(shape, colour)`` pairs of the shapes world."""
     bad = [p for p in pairs if not (isinstance(p, tuple) and len(p) == 2 and p[0] in SHAPES and p[1] in COLOURS)]
-    return f"{name} must hold (shape, colour) pairs with shapes {SHAPES} and colours {_COLOUR_NAMES}; got {bad}" if bad else None
+    if not bad:
+        return None
+    return f"{name} must hold (shape, colour) pairs with shapes {SHAPES} and colours {_COLOUR_NAMES}; got {bad}"
 
 
 def sample_scenes(
@@ -124,7 +128,8 @@ def sample_scenes(
     if problem:
         raise ValueError(problem)
     if required and (not required - excluded or max_objects == 0):
-        raise ValueError("required_pairs leaves no possible scene: give a pair that is not excluded and max_objects >= 1")
+        raise ValueError("required_pairs leaves no possible scene; give a pair that is not excluded and "
+                         "max_objects >= 1")
     rng = np.random.default_rng(seed)
     scenes: list[Scene] = []
     while len(scenes) < n:
