@@ -104,6 +104,7 @@ def test_parse_reads_synonyms_word_orders_and_keeps_the_written_order():
     ("a red circle, small at the top", "',' after the size"),
     ("at the top a small red circle", "',' after the location"),
     ("a small red circle at the top corner", "'and', ',' or the end"),
+    ("two small red circles at the top, the left", "'and the <position>' to end the list"),
     ("a small red circle at the top and a large blue box at the top", "distinct grid cells"),
 ])
 def test_parse_rejects_text_outside_the_grammar(text, message):

@@ -183,13 +183,13 @@ class _Parser:
         """``("at" | "in") "the" POS`` and further ``("," | "and") "the" POS``: the cells in order."""
         self.take(PREPOSITIONS, "'at' or 'in'")
         self.take(("the",), "'the'")
-        cells = [self.position()]
-        while self.peek() in (",", "and") and self.peek(1) == "the":
+        cells, joiner = [self.position()], None
+        while joiner != "and" and self.peek() in (",", "and") and self.peek(1) == "the":
             joiner = self.peek()
             self.index += 2
             cells.append(self.position())
-            if joiner == "and":
-                break
+        if joiner == ",":
+            raise self.fail("'and the <position>' to end the list of positions")
         return cells
 
     def noun_phrase(self, with_size: bool | None) -> tuple[int, str | None, str, str]:

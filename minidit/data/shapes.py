@@ -136,10 +136,12 @@ def sample_scenes(
         identical = count_prob > 0 and rng.random() < count_prob
         count = int(rng.integers(min_objects, max_objects + 1))
         cells = np.sort(rng.choice(9, size=count, replace=False))
-        kinds = 1 if identical else count  # a count scene draws one shape, colour and size for all its objects
-        shapes = np.resize(rng.integers(len(SHAPES), size=kinds), count)
-        colours = np.resize(rng.integers(len(COLOURS), size=kinds), count)
-        sizes = np.resize(rng.integers(len(SIZES), size=kinds), count)
+        if identical:  # a count scene: one shape, colour and size for all its objects
+            shapes, colours, sizes = ([int(rng.integers(k))] * count for k in (len(SHAPES), len(COLOURS), len(SIZES)))
+        else:
+            shapes = rng.integers(len(SHAPES), size=count)
+            colours = rng.integers(len(COLOURS), size=count)
+            sizes = rng.integers(len(SIZES), size=count)
         objects = tuple(
             ObjectSpec(SHAPES[s], _COLOUR_NAMES[c], tuple(SIZES)[z], int(cell) // 3, int(cell) % 3)
             for cell, s, c, z in zip(cells, shapes, colours, sizes)
@@ -295,9 +297,12 @@ class ShapesDataset:
 
     def captions(self, step: int, batch_size: int) -> list[str]:
         """The caption strings of batch ``step``: varied with ``captions="varied"``, the template captions otherwise."""
+        return self._describe(self.scenes(step, batch_size), step)
+
+    def _describe(self, scenes: list[Scene], step: int) -> list[str]:
+        """The captions of ``scenes``, the scenes of batch ``step``."""
         from minidit.data.captions import describe  # lazy: the caption grammar imports this module
 
-        scenes = self.scenes(step, batch_size)
         if self.captions_mode != "varied":
             return [describe(s) for s in scenes]
         rng = np.random.default_rng((self.seed, step, 1))  # its own stream: the scenes do not depend on it
@@ -317,7 +322,7 @@ class ShapesDataset:
         if self.max_objects == 1:
             conditioning["y"] = torch.tensor([class_label(s) for s in scenes], dtype=torch.long)
         if self.tokenizer is not None or with_captions:
-            texts = self.captions(step, batch_size)
+            texts = self._describe(scenes, step)
             if self.tokenizer is not None:
                 ids, mask = self.tokenizer.encode(texts, self.text_length)
                 conditioning["text_ids"], conditioning["text_mask"] = ids, mask
