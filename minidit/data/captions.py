@@ -17,8 +17,9 @@ The grammar, one group of ``k`` identical objects (``k`` = 1, 2 or 3) at a time:
     NP       := ("a" | "two" | "three") [SIZE] COLOUR SHAPE(plural when k > 1)
     location := ("at" | "in") "the" POS [("," "the" POS)* "and" "the" POS]      (exactly k positions)
 
-Every choice is decided by the next two words (LL(2)): a group starts with a number or a preposition, a list of
-positions continues only with "the", and the size's place tells which word order follows; so parsing is exact.
+Every choice is decided by the next few words, without backtracking: a group starts with a number or a preposition,
+a list of positions continues only with "the", a position is the longest phrase that matches, and the size's place
+tells which word order follows; so parsing is exact (tested on 4000 varied captions of 2000 random scenes).
 
 Example:
     >>> scene = Scene((ObjectSpec("circle", "red", "large", 0, 0), ObjectSpec("circle", "red", "large", 1, 1)))
