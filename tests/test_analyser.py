@@ -133,3 +133,12 @@ def test_attribute_accuracy_counts_objects_anywhere_and_extra_objects_fail_the_s
         attribute_accuracy(render([scene], 32), [text, text])
     with pytest.raises(ValueError, match="captions is empty"):
         object_reports(render([scene], 32)[:0], [])
+
+
+def test_clean_batches_score_one_on_every_metric_with_varied_captions_on_both_splits():
+    for split in ("train", "heldout"):
+        data = ShapesDataset(resolution=32, min_objects=1, max_objects=3, seed=4, captions="varied", holdout=True,
+                             split=split, count_prob=0.3)
+        images, cond = data.get_batch(1, 32, with_captions=True)
+        assert set(attribute_accuracy(images, cond["captions"]).values()) == {1.0}
+        assert caption_alignment(images, cond["captions"]) == 1.0
