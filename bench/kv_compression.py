@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step  # noqa: E402  (bench/train_step.py: the peak matmul, the timing loop, the DiT FLOP count)
 from minidit.dit import DiT, DiTConfig  # noqa: E402
 from minidit.gating import prune_gates  # noqa: E402
-from minidit.kv_compression import attention_flops  # noqa: E402
+from minidit.kv_compression import KV_MODES, attention_flops  # noqa: E402
 from minidit.samplers import sample_ode  # noqa: E402
 from minidit.train import TrainConfig, Trainer  # noqa: E402
 
@@ -42,8 +42,9 @@ from minidit.train import TrainConfig, Trainer  # noqa: E402
 def model_config(args: argparse.Namespace, size: int, compress: bool, **overrides: Any) -> DiTConfig:
     """The benchmark's DiT on ``size x size`` RGB images, with KV compression in every block when ``compress``."""
     kv = {"ratio": args.ratio, "mode": args.mode} if compress else None
-    return DiTConfig(input_size=size, patch_size=args.patch, in_channels=3, hidden_size=args.hidden, depth=args.depth,
-                     num_heads=args.heads, kv_compression=kv, **overrides)
+    settings = dict(input_size=size, patch_size=args.patch, in_channels=3, hidden_size=args.hidden, depth=args.depth,
+                    num_heads=args.heads, kv_compression=kv)
+    return DiTConfig(**{**settings, **overrides})
 
 
 def training_flops(config: DiTConfig, batch_size: int) -> int:
@@ -103,7 +104,8 @@ def text_model_flops(config: DiTConfig, text_length: int) -> int:
 
 def compare_pruning(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Sampling throughput of a gated cross-attention DiT with ``args.prune`` fractions of its gates pruned."""
-    config = model_config(args, args.text_size, False, text_conditioning="gated_cross", text_dim=args.hidden)
+    config = model_config(args, args.text_size, False, depth=args.text_depth, num_heads=args.text_heads,
+                          text_conditioning="gated_cross", text_dim=args.hidden)
     torch.manual_seed(0)
     model = DiT(config).to(device).eval()
     for name, parameter in model.named_parameters():  # trained-looking gates, so that pruning has an order
@@ -156,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
     parser.add_argument("--batch", type=int, default=2, help="training batch size (default 2)")
     parser.add_argument("--ratio", type=int, default=2, help="KV compression ratio r (default 2: r^2 = 4x fewer keys)")
-    parser.add_argument("--mode", default="conv", help="KV compression mode (default conv)")
+    parser.add_argument("--mode", default="conv", choices=KV_MODES, help="KV compression mode (default conv)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument("--steps", type=int, default=7, help="timed rounds (default 7; medians)")
@@ -164,6 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak (default 2048)")
     parser.add_argument("--peak-repeats", type=int, default=3, help="peak matmuls per round (default 3)")
     parser.add_argument("--text-size", type=int, default=32, help="image side of the pruning model (default 32)")
+    parser.add_argument("--text-depth", type=int, default=4, help="blocks of the pruning model (default 4)")
+    parser.add_argument("--text-heads", type=int, default=4, help="heads of the pruning model (default 4: 16 gates)")
     parser.add_argument("--text-length", type=int, default=40, help="caption tokens (default 40)")
     parser.add_argument("--sample-batch", type=int, default=8, help="images per sampling call (default 8)")
     parser.add_argument("--sample-steps", type=int, default=8, help="Euler steps per sampling call (default 8)")
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['expected']:13.2f}x")
     fields = [f"speedup_{r['tokens']}={r['speedup']:.2f}" for r in steps]
     fields += [f"prune{round(row['fraction'] * 100)}_speedup={row['speedup']:.2f}" for row in pruning["rows"][1:]]
-    fields += [f"mfu={steps[-1]['mfu_kv']:.3f}", f"mfu_none={steps[-1]['mfu_none']:.3f}",
+    fields += [f"mfu={steps[-1]['mfu_kv']:.3g}", f"mfu_none={steps[-1]['mfu_none']:.3g}",
                f"peak_gflops={statistics.median(peaks) / 1e9:.1f}"]
     print("RESULT " + " ".join(fields))
 

@@ -19,8 +19,8 @@ bench = sys.modules["kv_compression_bench"] = importlib.util.module_from_spec(sp
 spec.loader.exec_module(bench)
 
 TINY = ["--sizes", "16", "32", "--hidden", "32", "--heads", "2", "--depth", "2", "--batch", "2", "--warmup", "0",
-        "--steps", "2", "--peak-size", "64", "--peak-repeats", "1", "--text-size", "16", "--text-length", "8",
-        "--sample-batch", "2", "--sample-steps", "2"]
+        "--steps", "2", "--peak-size", "64", "--peak-repeats", "1", "--text-size", "16", "--text-depth", "2",
+        "--text-heads", "2", "--text-length", "8", "--sample-batch", "2", "--sample-steps", "2"]
 
 
 def counted_forward(model: DiT, x: torch.Tensor, **kwargs: torch.Tensor) -> int:
