@@ -2,17 +2,19 @@
 
 ``train`` runs a TOML experiment (see minidit/config.py) with the flow-matching trainer, ``sample`` integrates
 a checkpoint's EMA velocity field from noise to data (SiT, arXiv 2401.08740, Sec. 2.4) into a PNG grid, with
-classifier-free guidance for class-conditional models (DiT, arXiv 2212.09748, Sec. 3.2), and ``demo`` runs
-the course demo. Used by the README, the Makefile (``make demo``) and notebooks/03_dit_from_scratch.ipynb.
+classifier-free guidance for class-conditional models (DiT, arXiv 2212.09748, Sec. 3.2) and text-to-image models
+(``--prompt`` / ``--prompts``, guided against the learned null caption), and ``demo`` runs the course demo. Used by the README, the Makefile (``make demo``) and notebooks/03_dit_from_scratch.ipynb.
 
 Example:
     $ python -m minidit train configs/toy_8gaussians.toml --steps 500 --out runs/toy
     $ python -m minidit sample runs/toy/checkpoint.pt --n 2000 --steps 50 --method heun --out toy.png
+    $ python -m minidit sample runs/shapes_t2i_gated/checkpoint.pt --prompt "a small red circle at the top left" --cfg 4
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from minidit.checkpoint import CheckpointError, load_checkpoint
 from minidit.config import build_data, build_model, check_data_fits_model, load_config, parse_config
-from minidit.generate import build_sample_fn, sample_images
+from minidit.generate import build_sample_fn, default_prompts, sample_images
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device
 from minidit.validation import InputError
@@ -73,18 +75,71 @@ def sample_command(args: argparse.Namespace) -> Path:
             f"checkpoint {args.checkpoint!r} stores no config, so its model cannot be rebuilt; write checkpoints "
             "with `python -m minidit train` or Trainer(..., metadata=experiment.to_dict())"
         )
-    overrides = {"n": args.n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
+    prompts = read_prompts(args)
+    n = args.n if args.n is not None or args.prompts is None else len(prompts)
+    overrides = {"n": n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
     experiment = parse_config(
         state["metadata"], f"{args.checkpoint} (stored config)",
         {"sample": {k: v for k, v in overrides.items() if v is not None}, "train": {"device": args.device} if args.device else {}},
     )
     sample = experiment.sample
     device = resolve_device(experiment.train.device)
-    model = build_model(experiment.model, experiment.source).to(device)
+    model = build_model(experiment.model, experiment.source, pretrained_text=False).to(device)  # weights: the checkpoint's
     model.load_state_dict(state["ema"])
-    out = save_grid(sample_images(model, experiment.train, sample, device), args.out)
+    if "text_encoder" in experiment.model:
+        prompts = fit_prompts(prompts, model, args.truncate) if prompts else default_prompts(experiment, sample.n)
+    elif prompts:
+        raise InputError(f"{args.checkpoint}: this model reads no text, so --prompt/--prompts cannot steer it; use a "
+                         "text-to-image checkpoint (a config with text_encoder in [model])")
+    out = save_grid(sample_images(model, experiment.train, sample, device, prompts), args.out)
     print(f"{sample.n} samples, {sample.steps} {sample.method} steps, cfg {sample.cfg}: {out}")
     return out
+
+
+def read_prompts(args: argparse.Namespace) -> list[str] | None:
+    """The prompts of ``--prompt TEXT`` or ``--prompts FILE`` (one per line, blank lines skipped), or ``None``.
+
+    Raises:
+        InputError: for an empty ``--prompt`` or a file without any prompt.
+    """
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise InputError("--prompt is empty; write a caption such as --prompt \"a small red circle at the top left\" "
+                             "(for unguided unconditional samples use --cfg 0 without a prompt)")
+        return [args.prompt]
+    if args.prompts is not None:
+        prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise InputError(f"--prompts {args.prompts!r}: the file holds no prompt; write one caption per line")
+        return prompts
+    return None
+
+
+def fit_prompts(prompts: list[str], model: torch.nn.Module, truncate: bool) -> list[str]:
+    """Check ``prompts`` against the model's tokenizer: warn (on stderr) about words it never saw in training,
+    and refuse a prompt longer than the model reads, or with ``truncate`` cut it and say what was cut.
+
+    Raises:
+        InputError: for a prompt longer than ``model.text_length`` tokens without ``truncate``.
+    """
+    tokenizer, limit = model.encoder.tokenizer, model.text_length
+    fitted = []
+    for number, prompt in enumerate(prompts, start=1):
+        unknown = tokenizer.unknown_words(prompt)
+        if unknown:
+            print(f"warning: prompt {number}: {', '.join(map(repr, unknown))} not in the model's vocabulary; encoded "
+                  "byte by byte, which the model never saw in training", file=sys.stderr)
+        length = len(tokenizer.tokenize(prompt)) + 2  # [BOS] ... [EOS]
+        if length > limit and not truncate:
+            raise InputError(f"prompt {number} is {length} tokens long but the model reads at most {limit} "
+                             f"([BOS] and [EOS] included); shorten it or pass --truncate to cut it")
+        if length > limit:
+            ids, _ = tokenizer.encode([prompt], limit, truncation="cut")
+            kept = tokenizer.decode(ids[0])
+            print(f"warning: prompt {number} cut to its first {limit - 2} tokens: {kept!r}", file=sys.stderr)
+            prompt = kept
+        fitted.append(prompt)
+    return fitted
 
 
 def check_png_path(path: str) -> None:
@@ -131,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, help="seed of the starting noise")
     sample.add_argument("--device", help="device to sample on (default: the config's [train] device)")
     sample.add_argument("--out", default="samples.png", help="output PNG")
+    text = sample.add_mutually_exclusive_group()  # text-to-image checkpoints only
+    text.add_argument("--prompt", help="caption to sample (text-to-image models), e.g. \"a small red circle at the top left\"")
+    text.add_argument("--prompts", help="file with one caption per line; --n defaults to the number of captions")
+    sample.add_argument("--truncate", action="store_true", help="cut prompts longer than the model reads (default: refuse)")
     sample.set_defaults(run=sample_command)
 
     demo = commands.add_parser("demo", parents=[debug], help="run the course demo")

@@ -38,7 +38,8 @@ else:  # Python 3.10
     import tomli as tomllib
 
 SECTIONS = ("model", "data", "train", "sample")
-MODEL_TYPES = ("mlp", "dit")
+MODEL_TYPES = ("mlp", "dit", "mmdit")
+TEXT_KEYS = ("text_encoder", "text_layer")  # [model] keys of text-to-image models beyond the denoiser's config
 DATA_NAMES = ("toy", "shapes", "cifar10", "imagenet64", "folder")
 
 
@@ -215,10 +216,26 @@ def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = 
     return parse_config(raw, str(path), overrides)
 
 
+def _check_text_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Pop and check the ``TEXT_KEYS`` of a ``[model]`` section: ``text_encoder`` (a kind of
+    ``minidit.text.pretrain.KINDS``) and ``text_layer`` (an integer, -1 the last hidden state)."""
+    text = {key: values.pop(key) for key in TEXT_KEYS if key in values}
+    problem = value_problem("model.dit", "text_encoder", text.get("text_encoder"))
+    if problem:
+        raise config_error(source, "model", "text_encoder", problem)
+    if "text_layer" in text and (isinstance(text["text_layer"], bool) or not isinstance(text["text_layer"], int)):
+        raise config_error(source, "model", "text_layer", f"got {text['text_layer']!r}; write an integer such as -1 "
+                           "(the encoder's last hidden state) or -2 (the second to last)")
+    return text
+
+
 def check_model(section: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:
     """Check the ``[model]`` section: ``type = "mlp"`` takes ``ToyMLP``'s arguments, ``type = "dit"`` ``DiTConfig``
-    fields, or ``preset = "DiT-S/2"`` (and optionally ``style``) plus overrides; returns the checked values."""
+    fields, or ``preset = "DiT-S/2"`` (and optionally ``style``) plus overrides, ``type = "mmdit"`` ``MMDiTConfig``
+    fields; text-to-image models name their frozen text encoder with ``text_encoder`` (and ``text_layer``), which
+    also sets ``text_dim``. Returns the checked values."""
     from minidit.dit import PRESETS, STYLES, DiTConfig
+    from minidit.mmdit import MMDiTConfig
     from minidit.toy import ToyMLP
 
     values = dict(section)
@@ -226,6 +243,20 @@ def check_model(section: dict[str, Any], source: str = "<dict>") -> dict[str, An
     del values["type"]
     if model_type == "mlp":
         return {"type": "mlp", **checked_values(ToyMLP, values, "model", source, ("type",), "model.mlp")}
+    text = _check_text_keys(values, source)
+    if "text_dim" in values and text:
+        raise config_error(source, "model", "text_dim", "is set by text_encoder (the width of its features); "
+                           "leave text_dim out")
+    if model_type == "mmdit":
+        if "text_encoder" not in text:
+            raise config_error(source, "model", "text_encoder", 'missing; an MM-DiT reads captions: add '
+                               'text_encoder = "bidirectional" (or "causal")')
+        values = checked_values(MMDiTConfig, values, "model", source, ("type", *TEXT_KEYS), "model.dit")
+        try:
+            MMDiTConfig(**{"text_dim": 1, **values})
+        except ValueError as error:
+            raise config_error(source, "model", "depth", f"{error}; fix the [model] values") from error
+        return {"type": "mmdit", **text, **values}
     names = {k: values.pop(k) for k in ("preset", "style") if k in values}
     for key, value in names.items():
         problem = value_problem("model.dit", key, value)
@@ -237,19 +268,43 @@ def check_model(section: dict[str, Any], source: str = "<dict>") -> dict[str, An
     defaults = {key: default for key, (_, default) in _fields(DiTConfig).items()}
     merged = {**defaults, **PRESETS.get(names.get("preset"), {}), **STYLES[names.get("style", "DiT")], **values}
     _raise_first(source, "model", dit_problems(merged))
-    return {"type": "dit", **names, **values}
+    conditioning = merged["text_conditioning"]
+    if conditioning != "none" and "text_encoder" not in text:
+        raise config_error(source, "model", "text_encoder", f'missing; text_conditioning = "{conditioning}" reads '
+                           'captions through a frozen text encoder: add text_encoder = "bidirectional" (or "causal")')
+    if conditioning == "none" and text:
+        raise config_error(source, "model", "text_encoder", 'is set but text_conditioning = "none"; set '
+                           'text_conditioning = "gated_cross" (or "cross"), or leave text_encoder out')
+    return {"type": "dit", **names, **text, **values}
 
 
-def build_model(section: dict[str, Any], source: str = "<dict>") -> nn.Module:
-    """Build the ``[model]`` section (see ``check_model``): ``"mlp"`` -> ``ToyMLP``, ``"dit"`` -> ``DiT``."""
+def build_model(section: dict[str, Any], source: str = "<dict>", pretrained_text: bool = True) -> nn.Module:
+    """Build the ``[model]`` section (see ``check_model``): ``"mlp"`` -> ``ToyMLP``, ``"dit"`` -> ``DiT``,
+    ``"mmdit"`` -> ``MMDiT``; with a ``text_encoder``, a ``TextToImage`` holding the frozen encoder and the denoiser.
+
+    Args:
+        pretrained_text: load (or pretrain and cache) the text encoder; ``False`` builds it untrained, for a
+            checkpoint that holds its weights anyway.
+    """
     from minidit.dit import DiT, DiTConfig
+    from minidit.mmdit import MMDiT, MMDiTConfig
+    from minidit.text.conditioning import TextToImage, build_text_encoder
     from minidit.toy import ToyMLP
 
     values = check_model(section, source)
-    if values.pop("type") == "mlp":
+    model_type = values.pop("type")
+    if model_type == "mlp":
         return ToyMLP(**values)
-    preset, style = values.pop("preset", None), values.pop("style", "DiT")
-    return DiT.from_preset(preset, style, **values) if preset else DiT(DiTConfig(**values))
+    kind, layer = values.pop("text_encoder", None), values.pop("text_layer", -1)
+    encoder = build_text_encoder(kind, pretrained_text) if kind else None
+    if encoder is not None:
+        values["text_dim"] = encoder.dim
+    if model_type == "mmdit":
+        denoiser = MMDiT(MMDiTConfig(**values))
+    else:
+        preset, style = values.pop("preset", None), values.pop("style", "DiT")
+        denoiser = DiT.from_preset(preset, style, **values) if preset else DiT(DiTConfig(**values))
+    return TextToImage(encoder, denoiser, layer) if encoder is not None else denoiser
 
 
 def _data_builders() -> dict[str, Callable[..., Any]]:
@@ -309,9 +364,33 @@ def check_data_fits_model(model: nn.Module, data: Any, experiment: Experiment) -
         alternative = f" or [data] resolution = {config.input_size}" if resizable else ""
         raise config_error(source, "model", "input_size", f"is {config.input_size}, but the {name} data has "
                            f"{height}x{width} images; set input_size = {height}{alternative}")
+    _check_text_fits(model, data, conditioning, experiment)
     classes = getattr(data, "num_classes", 0) if "y" in conditioning else 0
-    if config.num_classes != classes:
+    if getattr(config, "num_classes", 0) != classes:
         found = f"has {classes} classes" if classes else "has no class labels"
         extra = " (or [data] max_objects = 1 for labelled shapes)" if name == "shapes" and not classes else ""
         raise config_error(source, "model", "num_classes", f"is {config.num_classes}, but the {name} data {found}; "
                            f"set num_classes = {classes}{extra}")
+
+
+def _check_text_fits(model: nn.Module, data: Any, conditioning: dict[str, Any], experiment: Experiment) -> None:
+    """A text-to-image model needs captions tokenised with its encoder's vocabulary, no longer than it reads."""
+    from minidit.text.conditioning import TextToImage
+
+    source, name = experiment.source, experiment.data.get("name")
+    if not isinstance(model, TextToImage):
+        if "text_ids" in conditioning:
+            raise config_error(source, "model", "text_conditioning", f"the {name} data has captions but the model "
+                               'reads none; set text_conditioning = "gated_cross" and text_encoder, or [data] captions = "none"')
+        return
+    if "text_ids" not in conditioning:
+        fix = ' set [data] captions = "varied" (or "template")' if name == "shapes" else " use captioned data"
+        raise config_error(source, "data", "captions", f"the model reads captions but the {name} data has none;{fix}")
+    length = conditioning["text_ids"].shape[1]
+    if length > model.text_length:
+        raise config_error(source, "data", "text_length", f"is {length}, but the text encoder reads at most "
+                           f"{model.text_length} tokens; set text_length = {model.text_length}")
+    words = getattr(getattr(data, "tokenizer", None), "words", None)
+    if words is not None and tuple(words) != tuple(model.encoder.tokenizer.words):
+        raise config_error(source, "model", "text_encoder", "its vocabulary differs from the tokenizer of the data; "
+                           "tokenise the captions with the encoder's tokenizer")

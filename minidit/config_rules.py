@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from minidit.data.shapes import CAPTION_MODES, MAX_RESOLUTION, MIN_RESOLUTION, SPLITS
-from minidit.dit import PRESETS, STYLES
+from minidit.dit import PRESETS, STYLES, TEXT_CONDITIONINGS, check_kv_compression
 from minidit.interpolants import INTERPOLANTS
 from minidit.norms import NORMS
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS
 from minidit.samplers import ODE_METHODS
+from minidit.text.pretrain import KINDS as ENCODER_KINDS
 from minidit.timesteps import TIME_SAMPLERS, get_time_sampler
 from minidit.toy import TARGETS
 from minidit.train import PRECISIONS
@@ -170,6 +171,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "pos_embed": choice(POS_EMBEDS), "pos_embed_interpolation": choice(INTERPOLATION_MODES),
         "rope_theta": number(0, open_low=True), "ntk_scale": number(0, open_low=True, note=" (1 = no scaling)"),
         "frequency_embedding_size": integer(1),
+        "text_conditioning": choice(TEXT_CONDITIONINGS), "text_dim": integer(1),
+        "caption_dropout": number(0, 1), "text_encoder": choice(ENCODER_KINDS),
     },
     "data.toy": {"target": choice(TARGETS), "seed": SEED},
     "data.shapes": {"resolution": integer(MIN_RESOLUTION, MAX_RESOLUTION), "min_objects": integer(0, 9),
@@ -256,6 +259,16 @@ def dit_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "ntk_scale", f"NTK scaling needs hidden_size / num_heads >= 8, got {head_dim}; use ntk_scale = 1.0"
     if values["pos_embed"] == "sincos" and hidden % 4:
         yield "hidden_size", f"{hidden} is not divisible by 4, which the 2-D sin-cos position table needs"
+    if values.get("kv_compression") is not None:
+        try:
+            ratio = check_kv_compression(values["kv_compression"], values["depth"])["ratio"]
+        except ValueError as error:
+            yield "kv_compression", f"{error}; e.g. kv_compression = {{ ratio = 2, mode = \"conv\" }}"
+            return
+        grid = size // patch
+        if grid % ratio:
+            yield "kv_compression", (f"ratio {ratio} does not divide the token grid {grid}x{grid} (input_size / "
+                                     f"patch_size); use a ratio that divides {grid}")
 
 
 def shapes_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:

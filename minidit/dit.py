@@ -5,7 +5,11 @@ MLP branches, ``x = x + gate * branch(norm(x) * (1 + scale) + shift)``, from a z
 block starts as the identity and the zero-initialised final layer makes the untrained model output exactly zero
 (DiT, Peebles & Xie, arXiv 2212.09748, Sec. 3.2). Flag-DiT (RMSNorm, QK-norm, RoPE; arXiv 2405.05945, Sec. 2.1)
 and LI-DiT (conv position embedding; arXiv 2406.11831, Sec. 3.3) are config switches, see ``STYLES``.
-Used by notebooks/03_dit_from_scratch.ipynb and notebooks/04_flag_dit.ipynb.
+Text enters through cross-attention from the image queries to caption tokens, ungated (PixArt-alpha, arXiv
+2310.00426) or with Lumina's zero-initialised tanh gates (``minidit.gating``), plus the pooled caption added to the
+time embedding; PixArt-Sigma's KV token compression (``minidit.kv_compression``) shrinks the keys and values of
+chosen blocks. Both plug into the block's attention between ``SelfAttention.project`` and ``attend``.
+Used by notebooks/03_dit_from_scratch.ipynb, 04_flag_dit.ipynb, 05_text_conditioning.ipynb and 07_kv_compression.ipynb.
 
 Example:
     >>> model = DiT.from_preset("DiT-S/2", style="Flag-DiT", input_size=16, in_channels=3, num_classes=10)
@@ -20,12 +24,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minidit.attention import SelfAttention
+from minidit.attention import SelfAttention, merge_heads
 from minidit.embeddings import timestep_embedding
+from minidit.gating import CaptionPooling, GatedCrossAttention
+from minidit.kv_compression import KV_MODES, KVCompression
 from minidit.norms import NORMS, make_norm
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
 from minidit.rope import RotaryEmbedding
+from minidit.text.conditioning import CaptionEmbedder, check_text
 from minidit.validation import check_choice, check_time
+
+TEXT_CONDITIONINGS = ("none", "cross", "gated_cross")
+KV_COMPRESSION_KEYS = ("ratio", "mode", "blocks")
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -68,6 +78,12 @@ class DiTConfig:
     ``num_classes=0`` builds an unconditional model; otherwise label ``num_classes`` is the learned null label
     used for classifier-free guidance and ``class_dropout`` is its training-time probability.
     ``input_size`` is the training image size; the model also runs on other sizes divisible by ``patch_size``.
+
+    Text: ``text_conditioning`` is ``"none"``, ``"cross"`` (PixArt's plain cross-attention) or ``"gated_cross"``
+    (Lumina's zero-initialised tanh gate per head); ``text_dim`` is the width of the text encoder's features,
+    ``caption_dropout`` the training-time probability of the null caption, and ``text_pooling`` adds the pooled
+    caption to the time embedding. ``kv_compression`` is ``None`` or ``{"ratio": r, "mode": "conv" | "uniform" |
+    "average", "blocks": [indices]}`` (mode defaults to ``"conv"``, blocks to all).
     """
 
     input_size: int = 32
@@ -89,6 +105,11 @@ class DiTConfig:
     rope_theta: float = 10000.0
     ntk_scale: float = 1.0
     frequency_embedding_size: int = 256
+    text_conditioning: str = "none"
+    text_dim: int = 0
+    caption_dropout: float = 0.1
+    text_pooling: bool = True
+    kv_compression: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -104,6 +125,18 @@ class DiTConfig:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.class_dropout <= 1.0:
             raise ValueError(f"class_dropout is a probability in [0, 1]; got {self.class_dropout}")
+        check_choice("text_conditioning", self.text_conditioning, TEXT_CONDITIONINGS)
+        if self.text_conditioning != "none" and self.text_dim < 1:
+            raise ValueError(f"text_conditioning = {self.text_conditioning!r} needs text_dim, the width of the text "
+                             "encoder's features (e.g. text_dim = 128)")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout is a probability in [0, 1]; got {self.caption_dropout}")
+        if self.kv_compression is not None:
+            self.kv_compression = check_kv_compression(self.kv_compression, self.depth)
+
+    def compresses(self, block: int) -> bool:
+        """Whether block ``block`` compresses its keys and values."""
+        return self.kv_compression is not None and block in self.kv_compression["blocks"]
 
     @property
     def grid_size(self) -> int:
@@ -122,6 +155,27 @@ class DiTConfig:
         if unknown:
             raise ValueError(f"unknown DiTConfig keys {unknown}; valid keys are: {', '.join(valid)}")
         return cls(**values)
+
+
+def check_kv_compression(settings: dict[str, Any], depth: int) -> dict[str, Any]:
+    """Complete ``{"ratio": r, "mode": ..., "blocks": [...]}`` with its defaults (mode ``"conv"``, every block).
+
+    Raises:
+        ValueError: for an unknown key, a ratio below 2, an unknown mode or a block index outside ``[0, depth)``.
+    """
+    unknown = sorted(set(settings) - set(KV_COMPRESSION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown kv_compression keys {unknown}; valid keys are: {', '.join(KV_COMPRESSION_KEYS)}")
+    ratio = settings.get("ratio")
+    if not isinstance(ratio, int) or ratio < 2:
+        raise ValueError(f"kv_compression needs an integer ratio >= 2 (keys and values shrink by ratio^2); got {ratio!r}")
+    mode = settings.get("mode", "conv")
+    check_choice("kv_compression mode", mode, KV_MODES)
+    blocks = sorted(settings.get("blocks", range(depth)))
+    outside = [b for b in blocks if not 0 <= b < depth]
+    if outside:
+        raise ValueError(f"kv_compression blocks {outside} do not exist; a depth-{depth} model has blocks 0..{depth - 1}")
+    return {"ratio": ratio, "mode": mode, "blocks": blocks}
 
 
 class TimestepEmbedder(nn.Module):
@@ -173,22 +227,43 @@ class DiTBlock(nn.Module):
     so grid-aware attention (RoPE, KV compression over (h, w)) needs no change to the model loop.
     """
 
-    def __init__(self, config: DiTConfig, rope: RotaryEmbedding | None = None):
+    def __init__(self, config: DiTConfig, rope: RotaryEmbedding | None = None, index: int = 0):
         super().__init__()
         dim = config.hidden_size
         self.norm1 = make_norm(config.norm, dim, affine=False)
         self.attn = SelfAttention(dim, config.num_heads, config.qk_norm, config.qkv_bias, rope)
+        self.kv_compression = (
+            KVCompression(dim, config.kv_compression["ratio"], config.kv_compression["mode"])
+            if config.compresses(index) else None
+        )
+        self.cross_attn = (
+            GatedCrossAttention(dim, config.num_heads, config.qk_norm, gated=config.text_conditioning == "gated_cross")
+            if config.text_conditioning != "none" else None
+        )
         self.norm2 = make_norm(config.norm, dim, affine=False)
         mlp_hidden = int(dim * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, dim))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised: identity block
 
+    def attention(self, x: Tensor, grid_shape: Sequence[int] | None, attn_mask: Tensor | None,
+                  text: Tensor | None, text_mask: Tensor | None) -> Tensor:
+        """Self-attention of ``x`` (N, T, D), with K and V compressed and the text branch added when configured."""
+        q, k, v = self.attn.project(x, grid_shape)  # (N, H, T, Dh) each
+        if self.kv_compression is not None:
+            k, v = self.kv_compression(k, v, grid_shape)  # (N, H, T / r^2, Dh)
+        out = self.attn.attend(q, k, v, attn_mask)  # (N, H, T, Dh)
+        if self.cross_attn is not None:
+            out = self.cross_attn(q, text, text_mask, out)  # + gated cross-attention to the caption
+        return self.attn.proj(merge_heads(out))  # (N, T, D)
+
     def forward(
-        self, x: Tensor, c: Tensor, grid_shape: Sequence[int] | None = None, attn_mask: Tensor | None = None
+        self, x: Tensor, c: Tensor, grid_shape: Sequence[int] | None = None, attn_mask: Tensor | None = None,
+        text: Tensor | None = None, text_mask: Tensor | None = None,
     ) -> Tensor:
-        """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) -> ``(N, T, D)``."""
+        """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) (and caption tokens ``text`` (N, L, D)) -> ``(N, T, D)``."""
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=-1)
-        attn_out = self.attn(modulate(self.norm1(x), shift_attn, scale_attn), grid_shape, attn_mask)  # (N, T, D)
+        h = modulate(self.norm1(x), shift_attn, scale_attn)
+        attn_out = self.attention(h, grid_shape, attn_mask, text, text_mask)  # (N, T, D)
         x = torch.addcmul(x, gate_attn.unsqueeze(1), attn_out)  # x + gate * attn_out
         mlp_out = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
         return torch.addcmul(x, gate_mlp.unsqueeze(1), mlp_out)  # x + gate * mlp_out
@@ -232,7 +307,10 @@ class DiT(nn.Module):
         self.y_embedder = (
             LabelEmbedder(config.num_classes, dim, config.class_dropout) if config.num_classes > 0 else None
         )
-        self.blocks = nn.ModuleList([DiTBlock(config, self.rope) for _ in range(config.depth)])
+        text = config.text_conditioning != "none"
+        self.caption_embedder = CaptionEmbedder(config.text_dim, dim, config.caption_dropout) if text else None
+        self.caption_pooling = CaptionPooling(config.text_dim, dim) if text and config.text_pooling else None
+        self.blocks = nn.ModuleList([DiTBlock(config, self.rope, index) for index in range(config.depth)])
         self.final_layer = FinalLayer(config)
         self.initialize_weights()
 
@@ -250,13 +328,18 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.caption_embedder is not None:
+            nn.init.normal_(self.caption_embedder.null_caption, std=0.02)
+        if self.caption_pooling is not None:
+            nn.init.zeros_(self.caption_pooling.linear.weight)  # the pooled caption starts switched off
         for layer in [block.modulation[-1] for block in self.blocks] + [self.final_layer.modulation[-1]]:
             nn.init.zeros_(layer.weight)  # adaLN-Zero: shift = scale = gate = 0
             nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[int, int]:
+    def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None, text: Tensor | None = None,
+                     text_mask: Tensor | None = None) -> tuple[int, int]:
         """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``.
 
         The value checks ``0 <= t <= 1`` and ``0 <= y <= num_classes`` need a device sync, so they run eagerly
@@ -287,26 +370,42 @@ class DiT(nn.Module):
                     raise ValueError(
                         f"class labels must lie in [0, {cfg.num_classes}] ({null}); got values such as {y[outside][:3].tolist()}"
                     )
+        if self.caption_embedder is None and (text is not None or text_mask is not None):
+            raise ValueError("this model has no text input (text_conditioning = 'none'); call it without text, or "
+                             "build it with text_conditioning = 'cross' or 'gated_cross'")
+        if self.caption_embedder is not None:
+            check_text(text, text_mask, x.shape[0], cfg.text_dim)
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop: Tensor | None = None,
+                text: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
         """Predict ``(N, out_channels, H, W)`` from noisy images ``x`` (N, C, H, W) at times ``t`` (N,).
 
         Args:
             x: images or latents; ``H`` and ``W`` divisible by ``patch_size``.
             t: times in [0, 1], shape ``(N,)`` (t = 0 data, t = 1 noise).
             y: class labels ``(N,)`` long, required iff ``num_classes > 0``; label ``num_classes`` is the null label.
-            force_drop: optional bool ``(N,)``; ``True`` replaces that sample's label by the null label.
+            force_drop: optional bool ``(N,)``; ``True`` replaces that sample's label (or caption) by the null one.
+            text: caption features ``(N, L, text_dim)`` from a text encoder, required iff ``text_conditioning`` is set.
+            text_mask: ``(N, L)`` bool, True for real tokens; padding never changes the output.
         """
-        grid_shape = self.check_inputs(x, t, y)
+        grid_shape = self.check_inputs(x, t, y, text, text_mask)
         tokens = self.patch_embedder(patchify(x, self.config.patch_size))  # (N, T, D)
         if self.pos_embed is not None:
             tokens = self.pos_embed(tokens, grid_shape)  # (N, T, D)
         c = self.t_embedder(t)  # (N, D)
         if self.y_embedder is not None:
             c = c + self.y_embedder(y, force_drop)  # (N, D)
+        caption = None
+        if self.caption_embedder is not None:
+            caption = self.caption_embedder(text, text_mask, force_drop)  # tokens (N, L, D), mask (N, L), pooled
+            if self.caption_pooling is not None:
+                c = c + self.caption_pooling(caption.pooled)  # (N, D)
         for block in self.blocks:
-            tokens = block(tokens, c, grid_shape)  # (N, T, D)
+            if caption is None:
+                tokens = block(tokens, c, grid_shape)  # (N, T, D)
+            else:
+                tokens = block(tokens, c, grid_shape, text=caption.tokens, text_mask=caption.mask)
         out = self.final_layer(tokens, c)  # (N, T, p * p * out_channels)
         return unpatchify(out, grid_shape, self.config.patch_size)  # (N, out_channels, H, W)
 

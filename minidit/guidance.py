@@ -3,7 +3,8 @@
 A model trained with the condition randomly replaced by a null condition predicts both ``c = f(x, t, cond)`` and
 ``u = f(x, t, null)``; guidance with scale ``w`` uses ``u + w (c - u)`` (DiT, arXiv 2212.09748, Sec. 3, CFG
 paragraph; SiT Sec. 3 uses it unchanged for velocity models). Used by solutions/05_cfg.ipynb (exercise 5) and any
-class-conditional sampling with ``minidit.samplers``.
+class-conditional sampling with ``minidit.samplers``. ``guide_with_null`` does the same for any condition the model
+can drop itself through ``force_drop`` (captions, labels), as in notebooks/05_text_conditioning.ipynb.
 
 Example:
     >>> velocity_fn = classifier_free_guidance(model, cond=labels, null_cond=torch.tensor(num_classes), scale=4.0)
@@ -12,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -76,6 +78,37 @@ def classifier_free_guidance(
             return model(x, t, cond)
         out = model(torch.cat([x, x]), torch.cat([t, t]), both_conds)  # (2N, ...)
         conditional, unconditional = out.chunk(2)  # (N, ...) each
+        return unconditional + scale * (conditional - unconditional)
+
+    return guided
+
+
+def guide_with_null(model: Callable[..., Tensor], conditioning: Mapping[str, Any], scale: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """Classifier-free guidance for a model that replaces its own condition by the learned null one.
+
+    ``model(x, t, **conditioning, force_drop=drop)`` must use the null condition (null caption or null label) for
+    samples where ``drop`` (bool, (M,)) is True. The guided field makes ONE call on the doubled batch with
+    ``drop = [False] * N + [True] * N`` and returns ``u + scale (c - u)`` on every channel.
+
+    Args:
+        model: e.g. a text-conditioned ``DiT`` (``text``, ``text_mask``), ``MMDiT`` or ``TextToImage``
+            (``text_ids``, ``text_mask``), or a class-conditional ``DiT`` (``y``).
+        conditioning: the model's condition tensors, each ``(N, ...)``.
+        scale: guidance scale ``w``, a finite number; 1 calls the model once without dropping.
+    Returns:
+        ``guided(x (N, ...), t (N,)) -> (N, ...)``, usable as ``velocity_fn`` in ``minidit.samplers``.
+    """
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale}")
+    doubled = {name: torch.cat([value, value]) for name, value in conditioning.items()}
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        n = x.shape[0]
+        if scale == 1:
+            return model(x, t, **conditioning)
+        drop = torch.arange(2 * n, device=x.device) >= n  # (2N,): the second half unconditional
+        out = model(torch.cat([x, x]), torch.cat([t, t]), **doubled, force_drop=drop)  # (2N, ...)
+        conditional, unconditional = out.chunk(2)
         return unconditional + scale * (conditional - unconditional)
 
     return guided

@@ -210,7 +210,7 @@ def test_caption_streams_give_token_ids_that_decode_to_the_batch_captions(mode):
         assert texts != [caption(s) for s in data.scenes(2, 16)]
         assert data.captions(3, 16) != texts
     single = ShapesDataset(resolution=16, seed=5, captions=mode).get_batch(0, 4)[1]
-    assert set(single) == {"y", "text_ids", "text_mask"}
+    assert set(single) == {"text_ids", "text_mask"}  # labels or captions, never both
 
 
 def test_caption_options_are_checked():

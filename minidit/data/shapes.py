@@ -313,13 +313,14 @@ class ShapesDataset:
     ) -> tuple[Tensor, dict[str, Tensor | list[str]]]:
         """Return batch ``step``: ``images (B, 3, H, W)`` in ``[-1, 1]`` and the conditioning.
 
-        The conditioning holds ``"y"``: class labels ``(B,)`` long (single-object streams only); with captions on,
-        ``"text_ids"`` ``(B, text_length)`` long and ``"text_mask"`` ``(B, text_length)`` bool (True on real
-        tokens); and with ``with_captions``, ``"captions"``: the ``B`` strings (see ``captions``).
+        The conditioning holds ``"y"``: class labels ``(B,)`` long (single-object streams without captions only:
+        a model is conditioned on labels or on captions); with captions on, ``"text_ids"`` ``(B, text_length)``
+        long and ``"text_mask"`` ``(B, text_length)`` bool (True on real tokens); and with ``with_captions``,
+        ``"captions"``: the ``B`` strings (see ``captions``).
         """
         scenes = self.scenes(step, batch_size)
         conditioning: dict[str, Tensor | list[str]] = {}
-        if self.max_objects == 1:
+        if self.max_objects == 1 and self.tokenizer is None:
             conditioning["y"] = torch.tensor([class_label(s) for s in scenes], dtype=torch.long)
         if self.tokenizer is not None or with_captions:
             texts = self._describe(scenes, step)
