@@ -201,9 +201,10 @@ def test_next_token_loss(tokenizer):
 
 
 def test_pretraining_learns(tokenizer):
-    """A few dozen steps of a tiny encoder already beat guessing the most common word by far."""
-    config = TextEncoderConfig(tokenizer.vocab_size, dim=32, depth=1, num_heads=2, max_length=40, causal=True)
-    encoder = pretrain.train_text_encoder(config, PretrainRecipe(steps=40, batch_size=32), tokenizer, progress=False)
+    """60 steps of a tiny causal LM beat always guessing the most common next token (0.11) by far (0.42 measured)."""
+    config = TextEncoderConfig(tokenizer.vocab_size, dim=64, depth=1, num_heads=2, max_length=40, causal=True)
+    recipe = PretrainRecipe(steps=60, batch_size=32, lr=5e-3)
+    encoder = pretrain.train_text_encoder(config, recipe, tokenizer, progress=False)
     ids, mask = tokenizer.encode(pretrain.heldout_captions(0, 256), max_length=40)
     targets = ids[:, 1:][mask[:, 1:]]
     most_common = targets.bincount().max().item() / len(targets)

@@ -42,7 +42,7 @@ from minidit.validation import check_choice
 
 KINDS = ("bidirectional", "causal")
 VERSION = "minidit-text-pretrain-v1"  # change it when the training code changes what a recipe produces
-FULL_STEPS, QUICK_STEPS = 600, 60
+FULL_STEPS, QUICK_STEPS = 250, 25
 HELDOUT_CAPTIONS = 512
 
 
