@@ -251,3 +251,11 @@ def test_pretrained_encoder(tmp_path, monkeypatch):
     assert features.shape == (1, 40, 128) and int(mask.sum()) == 11
     with pytest.raises(ValueError, match="unknown text encoder kind 'gpt'"):
         pretrained_encoder("gpt")
+
+
+def test_learning_rate_schedule():
+    factors = [pretrain.learning_rate_factor(step, 200) for step in range(200)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0  # 10 warm-up steps (5%)
+    assert factors[10 + 95] == pytest.approx(0.5)  # half-way through the cosine
+    assert factors[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 189 / 190)))
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))

@@ -13,8 +13,14 @@ and the hash is the SHA-256 of the config, the recipe, the vocabulary and ``VERS
 new file. A cache file that cannot be read or does not match is **trained again with a warning** (it is a cache:
 rebuilding is always correct). Used by notebooks/05_text_conditioning.ipynb (and 08 later).
 
+Measured at ``FULL_STEPS`` (250 steps of 64 captions, default size) on 2 CPU cores shared with other jobs: held-out
+next-token accuracy 0.500 (causal) and masked-token accuracy 0.352 (bidirectional); on the colour, size and shape
+words, which the grammar draws at random so that no model can predict them well, 0.183 and 0.036. Training took
+148 s (bidirectional) and 241 s and 393 s (causal, two runs, same weights) at load averages of 3 to 5; 150 causal steps
+took 35 s on a less busy machine. Loading from the cache took 0.17 s.
+
 Example:
-    >>> encoder = pretrained_encoder("causal")           # about a minute the first time, then loaded from the cache
+    >>> encoder = pretrained_encoder("causal")           # trains the first time, then loads from the cache
     >>> encoder.pretraining["heldout_accuracy"]           # next-token accuracy on captions never trained on
 """
 from __future__ import annotations
@@ -42,7 +48,7 @@ from minidit.validation import check_choice
 
 KINDS = ("bidirectional", "causal")
 VERSION = "minidit-text-pretrain-v1"  # change it when the training code changes what a recipe produces
-FULL_STEPS, QUICK_STEPS = 250, 25
+FULL_STEPS, QUICK_STEPS = 250, 25  # steps of pretrained_encoder in a full and a quick (MINIDIT_QUICK=1) run
 HELDOUT_CAPTIONS = 512
 
 
@@ -130,6 +136,14 @@ def heldout_accuracy(encoder: TextEncoder, seed: int = 0, n: int = HELDOUT_CAPTI
     return float(accuracy)
 
 
+def learning_rate_factor(step: int, steps: int) -> float:
+    """Multiplier of the peak learning rate at ``step``: linear warm-up over 5% of ``steps``, then cosine to 0."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def train_text_encoder(config: TextEncoderConfig, recipe: PretrainRecipe, tokenizer: Tokenizer,
                        progress: bool = True) -> TextEncoder:
     """Train a fresh encoder with ``recipe``; deterministic given the recipe's seed. Returns it in train mode."""
@@ -137,10 +151,7 @@ def train_text_encoder(config: TextEncoderConfig, recipe: PretrainRecipe, tokeni
         torch.manual_seed(recipe.seed)
         encoder = TextEncoder(config, tokenizer)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    warmup = max(1, recipe.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, recipe.steps - warmup)))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, recipe.steps))
     generator = torch.Generator().manual_seed(recipe.seed)
     kind = "causal" if config.causal else "bidirectional"
     encoder.train()
