@@ -1,6 +1,7 @@
 """HFTextEncoder on tiny randomly initialised transformers models with a tokenizer built here (never a download)."""
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -98,3 +99,8 @@ def test_missing_transformers(monkeypatch):
         require_transformers()
     with pytest.raises(ImportError, match=r"pip install minidit\[hub\]"):
         HFTextEncoder.from_pretrained("gpt2")
+
+
+def test_import_is_lazy():
+    code = "import sys, minidit.text; assert 'transformers' not in sys.modules, 'minidit.text imported transformers'"
+    subprocess.run([sys.executable, "-c", code], check=True)
