@@ -53,7 +53,9 @@ def attention_flops(tokens: int, dim: int, ratio: int = 1, mode: str = "conv") -
         mode: one of ``KV_MODES``.
     """
     check_choice("KV compression mode", mode, KV_MODES)
-    if ratio < 1 or tokens % (ratio * ratio):
+    if ratio < 1:
+        raise ValueError(f"ratio must be an integer >= 1 (1 is plain attention); got {ratio}")
+    if tokens % (ratio * ratio):
         raise ValueError(f"tokens ({tokens}) must be a multiple of ratio^2 ({ratio}^2); pass the grid's h * w")
     keys = tokens // (ratio * ratio)
     conv = 4 * tokens * dim if mode == "conv" and ratio > 1 else 0

@@ -151,6 +151,8 @@ def test_attention_flops_equal_the_counted_matmuls_and_conv(ratio, mode):
 def test_attention_flops_rejects_a_token_count_the_ratio_cannot_divide():
     with pytest.raises(ValueError, match=r"tokens \(30\) must be a multiple of ratio\^2 \(2\^2\)"):
         attention_flops(30, 8, 2)
+    with pytest.raises(ValueError, match=r"ratio must be an integer >= 1 \(1 is plain attention\); got 0"):
+        attention_flops(64, 8, 0)
 
 
 # Model level: the DiT's blocks compress between ``attn.project`` and ``attn.attend`` (``DiTConfig.kv_compression``).
