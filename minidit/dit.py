@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from minidit.norms import NORMS, make_norm
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
 from minidit.rope import RotaryEmbedding
 from minidit.text.conditioning import CaptionEmbedder, check_text
-from minidit.validation import check_choice, check_time
+from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
 
 TEXT_CONDITIONINGS = ("none", "cross", "gated_cross")
 KV_COMPRESSION_KEYS = ("ratio", "mode", "blocks")
@@ -145,16 +145,8 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DiTConfig:
-        """Build a config from a dict, rejecting misspelt keys instead of ignoring them.
-
-        Raises:
-            ValueError: naming the unknown keys and listing the valid ones.
-        """
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown DiTConfig keys {unknown}; valid keys are: {', '.join(valid)}")
-        return cls(**values)
+        """Build a config from a dict, rejecting misspelt keys (``minidit.validation.dataclass_from_dict``)."""
+        return dataclass_from_dict(cls, values)
 
 
 def check_kv_compression(settings: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -346,15 +338,7 @@ class DiT(nn.Module):
         but are skipped under ``torch.compile``.
         """
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"x must have shape (N, {cfg.in_channels}, H, W); got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],) or not torch.is_floating_point(t):
-            raise ValueError(
-                f"t must be a float tensor of shape (N,) = ({x.shape[0]},) with values in [0, 1]; got "
-                f"{t.dtype} of shape {tuple(t.shape)}. Use e.g. t = torch.full((x.shape[0],), 0.5)."
-            )
-        if not torch.compiler.is_compiling():
-            check_time(t)
+        check_image_and_time(x, t, cfg.in_channels)
         if self.y_embedder is None and y is not None:
             raise ValueError("this model is unconditional (num_classes=0); call it without y")
         if self.y_embedder is not None:

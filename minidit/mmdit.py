@@ -34,7 +34,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from minidit.dit import FinalLayer, TimestepEmbedder, modulate, patchify, unpatc
 from minidit.norms import NORMS, make_norm
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
 from minidit.text.conditioning import CaptionEmbedder, check_text
-from minidit.validation import check_choice, check_time
+from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
 
 
 @dataclass
@@ -103,16 +103,8 @@ class MMDiTConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MMDiTConfig:
-        """Build a config from a dict, rejecting misspelt keys instead of ignoring them.
-
-        Raises:
-            ValueError: naming the unknown keys and listing the valid ones.
-        """
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown MMDiTConfig keys {unknown}; valid keys are: {', '.join(valid)}")
-        return cls(**values)
+        """Build a config from a dict, rejecting misspelt keys (``minidit.validation.dataclass_from_dict``)."""
+        return dataclass_from_dict(cls, values)
 
 
 def joint_key_mask(num_image_tokens: int, text_mask: Tensor) -> Tensor:
@@ -255,15 +247,7 @@ class MMDiT(nn.Module):
     def check_inputs(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> tuple[int, int]:
         """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``."""
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"x must have shape (N, {cfg.in_channels}, H, W); got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],) or not torch.is_floating_point(t):
-            raise ValueError(
-                f"t must be a float tensor of shape (N,) = ({x.shape[0]},) with values in [0, 1]; got "
-                f"{t.dtype} of shape {tuple(t.shape)}. Use e.g. t = torch.full((x.shape[0],), 0.5)."
-            )
-        if not torch.compiler.is_compiling():
-            check_time(t)
+        check_image_and_time(x, t, cfg.in_channels)
         check_text(text, text_mask, x.shape[0], cfg.text_dim)
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 

@@ -6,10 +6,42 @@ silent broadcast that trains the wrong thing.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+
+
+T = TypeVar("T")
+
+
+def dataclass_from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build the dataclass ``cls`` from ``values``, rejecting misspelt keys instead of ignoring them.
+
+    Raises:
+        ValueError: naming the unknown keys and listing the valid ones.
+    """
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys are: {', '.join(valid)}")
+    return cls(**values)
+
+
+def check_image_and_time(x: Tensor, t: Tensor, in_channels: int) -> None:
+    """Raise a ``ValueError`` naming the problem unless ``x`` is ``(N, in_channels, H, W)`` and ``t`` a float
+    ``(N,)`` with values in [0, 1] (the value check needs a device sync, so it is skipped under ``torch.compile``)."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"x must have shape (N, {in_channels}, H, W); got {tuple(x.shape)}")
+    if t.shape != (x.shape[0],) or not torch.is_floating_point(t):
+        raise ValueError(
+            f"t must be a float tensor of shape (N,) = ({x.shape[0]},) with values in [0, 1]; got "
+            f"{t.dtype} of shape {tuple(t.shape)}. Use e.g. t = torch.full((x.shape[0],), 0.5)."
+        )
+    if not torch.compiler.is_compiling():
+        check_time(t)
 
 
 class InputError(ValueError):

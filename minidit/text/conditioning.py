@@ -172,7 +172,14 @@ class TextToImage(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, text_ids: Tensor, text_mask: Tensor,
                 force_drop: Tensor | None = None) -> Tensor:
-        """Predict ``(N, C, H, W)`` from ``x`` (N, C, H, W), ``t`` (N,) and captions as ``text_ids`` / ``text_mask`` (N, L)."""
+        """Predict ``(N, C, H, W)`` from ``x`` (N, C, H, W), ``t`` (N,) and captions as ``text_ids`` / ``text_mask`` (N, L).
+
+        The batch is cut to its longest caption first (padding never changes an output, and short captions in a
+        long padded row would otherwise cost the encoder and the cross-attention their full length).
+        """
+        if not torch.compiler.is_compiling():
+            length = int(text_mask.any(dim=0).nonzero().max()) + 1  # up to the last real token of any caption
+            text_ids, text_mask = text_ids[:, :length], text_mask[:, :length]
         with torch.no_grad():
             features = self.encoder(text_ids, text_mask, layer=self.layer)  # (N, L, Dt)
         return self.denoiser(x, t, text=features, text_mask=text_mask, force_drop=force_drop)

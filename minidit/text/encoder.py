@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from minidit.attention import SelfAttention
+from minidit.text.conditioning import masked_mean
 from minidit.text.tokenizer import Tokenizer
 
 
@@ -94,8 +95,7 @@ class FeatureEncoder(nn.Module):
 
     def pooled(self, texts: str | Sequence[str], layer: int = -1) -> Tensor:
         """Masked mean over the real tokens of ``encode(texts, layer)``: ``(N, D)``."""
-        features, mask = self.encode(texts, layer)  # features are zero at padding
-        return features.sum(dim=1) / mask.sum(dim=1, keepdim=True)  # (N, D)
+        return masked_mean(*self.encode(texts, layer))  # (N, D)
 
 
 class TextEncoder(FeatureEncoder):

@@ -47,9 +47,10 @@ from minidit.text.tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, Tokenizer, sh
 from minidit.validation import check_choice
 
 KINDS = ("bidirectional", "causal")
-VERSION = "minidit-text-pretrain-v1"  # change it when the training code changes what a recipe produces
+VERSION = "minidit-text-pretrain-v2"  # change it when the training code changes what a recipe produces
 FULL_STEPS, QUICK_STEPS = 250, 25  # steps of pretrained_encoder in a full and a quick (MINIDIT_QUICK=1) run
 HELDOUT_CAPTIONS = 512
+COUNT_PROB = 0.3  # share of count scenes in the pretraining captions, as in configs/shapes_t2i_*.toml
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,13 @@ class PretrainRecipe:
 
 
 def training_captions(batch_size: int, seed: tuple[int, ...]) -> list[str]:
-    """``batch_size`` varied captions of random scenes; the same ``seed`` tuple gives the same captions."""
+    """``batch_size`` varied captions of random scenes (a ``COUNT_PROB`` share of them with 2-3 identical objects, so
+    counts and plurals are common); the same ``seed`` tuple gives the same captions."""
     from minidit.data.captions import describe  # lazy: captions imports minidit.text for its tokenizer
     from minidit.data.shapes import sample_scenes
 
     rng = np.random.default_rng((*seed, 1))
-    return [describe(scene, rng) for scene in sample_scenes(batch_size, seed=seed)]
+    return [describe(scene, rng) for scene in sample_scenes(batch_size, seed=seed, count_prob=COUNT_PROB)]
 
 
 def heldout_captions(seed: int, n: int = HELDOUT_CAPTIONS) -> list[str]:
