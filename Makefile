@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/samplers.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/kv_compression.py
 
 # Full runs of every lecture (about 40 minutes on 2 CPU cores): claims, verdicts, run times and figures into
 # notebooks/reference/, which the quick runs and the book show next to their own numbers. NOTEBOOKS=... for some.
