@@ -170,6 +170,12 @@ def check_kv_compression(settings: dict[str, Any], depth: int) -> dict[str, Any]
     return {"ratio": ratio, "mode": mode, "blocks": blocks}
 
 
+def transformer_mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
+    """DiT's MLP: Linear ``D -> mlp_ratio * D``, tanh-GELU, Linear back to ``D``."""
+    hidden = int(dim * mlp_ratio)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
 class TimestepEmbedder(nn.Module):
     """Time ``t`` (N,) in [0, 1] -> sin-cos features -> two-layer MLP -> ``(N, D)``."""
 
@@ -233,8 +239,7 @@ class DiTBlock(nn.Module):
             if config.text_conditioning != "none" else None
         )
         self.norm2 = make_norm(config.norm, dim, affine=False)
-        mlp_hidden = int(dim * config.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, dim))
+        self.mlp = transformer_mlp(dim, config.mlp_ratio)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised: identity block
 
     def attention(self, x: Tensor, grid_shape: Sequence[int] | None, attn_mask: Tensor | None,

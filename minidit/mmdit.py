@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from minidit.attention import SelfAttention, merge_heads
-from minidit.dit import FinalLayer, TimestepEmbedder, modulate, patchify, unpatchify
+from minidit.dit import FinalLayer, TimestepEmbedder, modulate, patchify, transformer_mlp, unpatchify
 from minidit.norms import NORMS, make_norm
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
 from minidit.text.conditioning import CaptionEmbedder, check_text
@@ -137,12 +137,6 @@ def joint_attention(
     out = image_attn.attend(q, k, v, joint_key_mask(x.shape[1], text_mask))  # (N, H, T + L, Dh)
     out_x, out_c = out.split([x.shape[1], context.shape[1]], dim=2)
     return merge_heads(out_x), merge_heads(out_c)  # (N, T, D), (N, L, D)
-
-
-def transformer_mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
-    """DiT's MLP: Linear ``D -> mlp_ratio * D``, tanh-GELU, Linear back to ``D``."""
-    hidden = int(dim * mlp_ratio)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
 class MMDiTBlock(nn.Module):
