@@ -147,11 +147,13 @@ def test_solution_passes_its_checks(path):
 # ---- the checks ---------------------------------------------------------------------------------------------
 
 def _perturbed(output):
-    """The output moved by 1e-3 relative: tensors shifted, the last part of a tuple shifted, functions wrapped."""
+    """The output moved by 1e-3 relative: tensors shifted (a boolean mask as 0 / 1), the last part of a tuple shifted,
+    functions wrapped."""
     if callable(output):
         return lambda *args: _perturbed(output(*args))
     if isinstance(output, tuple):
         return (*output[:-1], _perturbed(output[-1]))
+    output = output.float() if output.dtype == torch.bool else output
     return output + 1e-3 * (1 + output.abs())
 
 
@@ -253,6 +255,34 @@ def _convert_with_score_sign_flipped(pred, x_t, t, interpolant, src, dst):
     return -out if dst == "score" else out
 
 
+def _gated_cross_attention_without_tanh(q, text, text_mask, norm_weight, kv_weight, kv_bias, gate):
+    """Each head multiplied by its gate parameter g instead of tanh(g)."""
+    n, length, dim = text.shape
+    text = text * torch.rsqrt(text.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * norm_weight
+    k, v = (part.reshape(n, length, q.shape[1], -1).transpose(1, 2) for part in (text @ kv_weight.T + kv_bias).chunk(2, dim=-1))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :]) * gate[:, None, None]
+
+
+def _compress_kv_channels_entry_major(k, v, grid_shape, weight, bias):
+    """The conv's channel c read as entry c // H of head c % H (permute (0, 3, 1, 2)) instead of head c // Dh, entry c % Dh."""
+    n, heads, _, head_dim = k.shape
+    (h, w), r = grid_shape, weight.shape[-1]
+
+    def merge(x):
+        image = x.permute(0, 3, 1, 2).reshape(n, head_dim * heads, h, w)  # (N, Dh * H, h, w)
+        merged = torch.nn.functional.conv2d(image, weight, bias, stride=r, groups=heads * head_dim)
+        return merged.reshape(n, head_dim, heads, -1).permute(0, 2, 3, 1)  # (N, H, S, Dh)
+
+    return merge(k), merge(v)
+
+
+def _average_pool_kv_by_subsampling(k, v, grid_shape, ratio):
+    """The top-left token of each window (PixArt's "uniform" mode) instead of the window's mean."""
+    from minidit.kv_compression import KVCompression
+
+    return KVCompression(k.shape[1] * k.shape[3], ratio=ratio, mode="uniform")(k, v, grid_shape)
+
+
 # One typical learner mistake per check; a new check must add its own (see test_every_check_has_a_typical_mistake).
 MISTAKES = {
     "interpolant": lambda name, t: tuple(c if i < 3 else -c  # d_sigma with the wrong sign
@@ -277,6 +307,14 @@ MISTAKES = {
     "sincos_1d": _sincos_1d_interleaved,
     "sincos_2d": _sincos_2d_rows_and_columns_swapped,
     "self_attention": _self_attention_heads_split_without_transpose,
+    "masked_mean": lambda features, mask: features.mean(dim=1),  # padding counted
+    "masked_attention": lambda q, k, v, key_mask: torch.nn.functional.scaled_dot_product_attention(q, k, v),  # mask ignored
+    "gated_cross_attention": _gated_cross_attention_without_tanh,
+    "compress_kv": _compress_kv_channels_entry_major,
+    "average_pool_kv": _average_pool_kv_by_subsampling,
+    "joint_key_mask": lambda tokens, text_mask: torch.cat([text_mask, text_mask.new_ones(text_mask.shape[0], tokens)], 1)[:, None, None, :],  # [text, image]
+    "joint_attention": lambda x, context, text_mask, *weights: CHECKS["joint_attention"].reference(
+        x, context, torch.ones_like(text_mask), *weights),  # padded text attended
 }
 
 
@@ -398,6 +436,35 @@ def sincos_1d(dim, positions):
 def sincos_2d(dim, grid_shape):
     rows, columns = torch.meshgrid(torch.arange(grid_shape[0]), torch.arange(grid_shape[1]), indexing="ij")
     return torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, columns.flatten())], dim=-1)
+""",
+    ("gated_cross_attention", "masked_attention"): """
+import math
+
+def masked_attention(q, k, v, key_mask):
+    return (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1) @ v  # padded keys attended
+
+def gated_cross_attention(q, text, text_mask, norm_weight, kv_weight, kv_bias, gate):
+    n, length, dim = text.shape
+    text = text * torch.rsqrt(text.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * norm_weight
+    k, v = (part.reshape(n, length, q.shape[1], -1).transpose(1, 2) for part in (text @ kv_weight.T + kv_bias).chunk(2, dim=-1))
+    return masked_attention(q, k, v, text_mask) * torch.tanh(gate)[:, None, None]
+""",
+    ("joint_attention", "joint_key_mask"): """
+import math
+
+def joint_key_mask(num_image_tokens, text_mask):
+    return torch.cat([text_mask, text_mask.new_ones(text_mask.shape[0], num_image_tokens)], dim=1)[:, None, None, :]  # [text, image]
+
+def joint_attention(x, context, text_mask, image_qkv_weight, image_qkv_bias, text_qkv_weight, text_qkv_bias, num_heads):
+    def project(tokens, weight, bias):
+        n, length, dim = tokens.shape
+        return [p.reshape(n, length, num_heads, -1).transpose(1, 2) for p in (tokens @ weight.T + bias).chunk(3, dim=-1)]
+
+    image, text = project(x, image_qkv_weight, image_qkv_bias), project(context, text_qkv_weight, text_qkv_bias)
+    q, k, v = (torch.cat(pair, dim=2) for pair in zip(image, text))
+    logits = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~joint_key_mask(x.shape[1], text_mask), float("-inf"))
+    out = (logits.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
+    return out[:, : x.shape[1]], out[:, x.shape[1]:]
 """,
 }
 
