@@ -5,7 +5,7 @@ token grid into one key and one value leaves ``S = T / r^2`` of them and the cos
 and so the output, keep full resolution. PixArt-Sigma (Chen et al., arXiv 2403.04692, "KV token compression") merges
 with one depthwise convolution of kernel and stride ``r``, shared by keys and values and initialised to the
 average (weights ``1 / r^2``, bias 0), so that a model trained without compression can be fine-tuned into one with
-it (their "weak-to-strong" step). Used by notebooks/07_kv_compression.ipynb, the KV-compression exercise,
+it (their "weak-to-strong" step). Used by notebooks/07_kv_compression.ipynb, exercises/11_kv_compression.ipynb,
 ``minidit.dit`` (``DiTConfig.kv_compression``) and bench/kv_compression.py.
 
 Modes (``KV_MODES``), for the ablation:

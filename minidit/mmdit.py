@@ -14,7 +14,8 @@ permutation-equivariant, so the order does not change the result, only where the
 vector is ``c_vec = t_emb + MLP(pooled text)`` (Linear, SiLU, Linear) and drives every adaLN. The last block is
 ``context_pre_only``: its text stream only supplies keys and values (shift/scale modulation of the attention input,
 no output projection, no MLP) and the model drops the text stream after it. Size by depth ``d``: hidden ``64 d``,
-``d`` heads, MLP ratio 4 (SD3 Sec. 4; papers.md section 3). Used by notebooks/06_mmdit.ipynb.
+``d`` heads, MLP ratio 4 (SD3 Sec. 4; papers.md section 3). Used by notebooks/06_mmdit.ipynb and
+exercises/12_joint_attention.ipynb.
 
 Against diffusers (``models/attention.py::JointTransformerBlock``, ``attention_processor.py::JointAttnProcessor2_0``,
 ``transformers/transformer_sd3.py``): the same [image, text] order, 6-way adaLN-Zero per stream and 2-way for the
