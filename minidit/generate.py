@@ -3,8 +3,9 @@
 A flow model samples by solving the probability-flow ODE ``dx = v(x, t) dt`` from ``t = 1`` (noise) to ``t = 0``
 (data) (SiT, arXiv 2401.08740, Sec. 2.4); a model trained to predict data, noise or score is first converted to
 a velocity (``minidit.weighting.convert``), a class-conditional DiT is guided against its null label (DiT,
-arXiv 2212.09748, Sec. 3.2) and a text-to-image model against its learned null caption. Used by ``python -m minidit sample``, the trainer's sample grids of
-``python -m minidit train`` and notebooks/03_dit_from_scratch.ipynb.
+arXiv 2212.09748, Sec. 3.2) and a text-to-image model against its learned null caption. Used by
+``python -m minidit sample``, the trainer's sample grids of ``python -m minidit train`` and
+notebooks/03_dit_from_scratch.ipynb.
 
 Example:
     >>> experiment = load_config("configs/toy_8gaussians.toml")
