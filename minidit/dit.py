@@ -282,6 +282,30 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+def init_dit_weights(model: nn.Module, modulations: Sequence[nn.Sequential]) -> None:
+    """DiT's initialisation of a model with ``pos_embed``, ``t_embedder`` and ``final_layer`` (DiT, MM-DiT).
+
+    Linear layers xavier-uniform with zero bias, a learned position table and the time MLP N(0, 0.02), and
+    adaLN-Zero: the last linear of every ``modulations`` and of the final layer's, and the final linear, set to 0,
+    so every block starts as the identity and the output is exactly zero. ``ConvPosEmbed`` keeps PyTorch's default
+    conv init; norms start at weight 1, bias 0.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    if isinstance(model.pos_embed, LearnedPosEmbed):
+        nn.init.normal_(model.pos_embed.table, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
+    for layer in [m[-1] for m in modulations] + [model.final_layer.modulation[-1]]:
+        nn.init.zeros_(layer.weight)  # adaLN-Zero: shift = scale = gate = 0
+        nn.init.zeros_(layer.bias)
+    nn.init.zeros_(model.final_layer.linear.weight)
+    nn.init.zeros_(model.final_layer.linear.bias)
+
+
 class DiT(nn.Module):
     """Diffusion transformer ``model(x (N, C, H, W), t (N,), y (N,)) -> (N, out_channels, H, W)``.
 
@@ -313,27 +337,13 @@ class DiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's initialisation; the zero-inits make every block the identity and the output exactly zero."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        # ConvPosEmbed keeps PyTorch's default conv init; norms start at weight 1, bias 0.
-        if isinstance(self.pos_embed, LearnedPosEmbed):
-            nn.init.normal_(self.pos_embed.table, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        init_dit_weights(self, [block.modulation for block in self.blocks])
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         if self.caption_embedder is not None:
             nn.init.normal_(self.caption_embedder.null_caption, std=0.02)
         if self.caption_pooling is not None:
             nn.init.zeros_(self.caption_pooling.linear.weight)  # the pooled caption starts switched off
-        for layer in [block.modulation[-1] for block in self.blocks] + [self.final_layer.modulation[-1]]:
-            nn.init.zeros_(layer.weight)  # adaLN-Zero: shift = scale = gate = 0
-            nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
 
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None, text: Tensor | None = None,
                      text_mask: Tensor | None = None) -> tuple[int, int]:

@@ -42,9 +42,10 @@ import torch
 from torch import Tensor, nn
 
 from minidit.attention import SelfAttention, merge_heads
-from minidit.dit import FinalLayer, TimestepEmbedder, modulate, patchify, transformer_mlp, unpatchify
+from minidit.dit import (FinalLayer, TimestepEmbedder, init_dit_weights, modulate, patchify, transformer_mlp,
+                         unpatchify)
 from minidit.norms import NORMS, make_norm
-from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
+from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, make_pos_embed
 from minidit.text.conditioning import CaptionEmbedder, check_text
 from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
 
@@ -223,21 +224,7 @@ class MMDiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's initialisation; the zero-inits make every block the identity on both streams and the output 0."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        if isinstance(self.pos_embed, LearnedPosEmbed):
-            nn.init.normal_(self.pos_embed.table, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        modulations = [layer for block in self.blocks for layer in (block.modulation, block.context_modulation)]
-        for layer in [m[-1] for m in modulations] + [self.final_layer.modulation[-1]]:
-            nn.init.zeros_(layer.weight)  # adaLN-Zero: shift = scale = gate = 0
-            nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        init_dit_weights(self, [m for block in self.blocks for m in (block.modulation, block.context_modulation)])
 
     def check_inputs(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> tuple[int, int]:
         """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``."""
