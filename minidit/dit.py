@@ -8,8 +8,10 @@ and LI-DiT (conv position embedding; arXiv 2406.11831, Sec. 3.3) are config swit
 Text enters through cross-attention from the image queries to caption tokens, ungated (PixArt-alpha, arXiv
 2310.00426) or with Lumina's zero-initialised tanh gates (``minidit.gating``), plus the pooled caption added to the
 time embedding; PixArt-Sigma's KV token compression (``minidit.kv_compression``) shrinks the keys and values of
-chosen blocks. Both plug into the block's attention between ``SelfAttention.project`` and ``attend``.
-Used by notebooks/03_dit_from_scratch.ipynb, 04_flag_dit.ipynb, 05_text_conditioning.ipynb and 07_kv_compression.ipynb.
+chosen blocks. Both plug into the block's attention between ``SelfAttention.project`` and ``attend``. LI-DiT's
+language-token and collaborative refiners (``minidit.refiner``) refine the text features before they enter.
+Used by notebooks/03_dit_from_scratch.ipynb, 04_flag_dit.ipynb, 05_text_conditioning.ipynb, 07_kv_compression.ipynb
+and 08_llm_text_encoders.ipynb.
 
 Example:
     >>> model = DiT.from_preset("DiT-S/2", style="Flag-DiT", input_size=16, in_channels=3, num_classes=10)
@@ -30,6 +32,7 @@ from minidit.gating import CaptionPooling, GatedCrossAttention
 from minidit.kv_compression import KV_MODES, KVCompression
 from minidit.norms import NORMS, make_norm
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
+from minidit.refiner import REFINERS, make_refiner, text_segments, zero_gates
 from minidit.rope import RotaryEmbedding
 from minidit.text.conditioning import CaptionEmbedder, check_text
 from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
@@ -83,7 +86,10 @@ class DiTConfig:
     (Lumina's zero-initialised tanh gate per head); ``text_dim`` is the width of the text encoder's features,
     ``caption_dropout`` the training-time probability of the null caption, and ``text_pooling`` adds the pooled
     caption to the time embedding. ``kv_compression`` is ``None`` or ``{"ratio": r, "mode": "conv" | "uniform" |
-    "average", "blocks": [indices]}`` (mode defaults to ``"conv"``, blocks to all).
+    "average", "blocks": [indices]}`` (mode defaults to ``"conv"``, blocks to all). ``text_refiner`` is ``"none"``,
+    ``"token"`` (LI-DiT's language-token refiner of ``refiner_depth`` blocks with ``refiner_heads`` heads, keeping
+    the causal mask if ``refiner_causal``) or ``"collaborative"`` (two encoders: the text is two equal-length
+    segments, see ``minidit.refiner``).
     """
 
     input_size: int = 32
@@ -110,6 +116,10 @@ class DiTConfig:
     caption_dropout: float = 0.1
     text_pooling: bool = True
     kv_compression: dict[str, Any] | None = None
+    text_refiner: str = "none"
+    refiner_depth: int = 2
+    refiner_heads: int = 4
+    refiner_causal: bool = False
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -133,6 +143,14 @@ class DiTConfig:
             raise ValueError(f"caption_dropout is a probability in [0, 1]; got {self.caption_dropout}")
         if self.kv_compression is not None:
             self.kv_compression = check_kv_compression(self.kv_compression, self.depth)
+        check_choice("text_refiner", self.text_refiner, REFINERS)
+        if self.text_refiner != "none":
+            if self.text_conditioning == "none":
+                raise ValueError(f"text_refiner = {self.text_refiner!r} refines text features: set text_conditioning "
+                                 "to 'cross' or 'gated_cross' (and text_dim)")
+            if self.refiner_depth < 1 or self.text_dim % self.refiner_heads:
+                raise ValueError(f"the refiner needs refiner_depth >= 1 and text_dim ({self.text_dim}) divisible by "
+                                 f"refiner_heads; got refiner_depth {self.refiner_depth}, refiner_heads {self.refiner_heads}")
 
     def compresses(self, block: int) -> bool:
         """Whether block ``block`` compresses its keys and values."""
@@ -331,6 +349,8 @@ class DiT(nn.Module):
         text = config.text_conditioning != "none"
         self.caption_embedder = CaptionEmbedder(config.text_dim, dim, config.caption_dropout) if text else None
         self.caption_pooling = CaptionPooling(config.text_dim, dim) if text and config.text_pooling else None
+        self.text_refiner = make_refiner(config.text_refiner, config.text_dim, dim, config.refiner_depth,
+                                         config.refiner_heads, config.refiner_causal)
         self.blocks = nn.ModuleList([DiTBlock(config, self.rope, index) for index in range(config.depth)])
         self.final_layer = FinalLayer(config)
         self.initialize_weights()
@@ -344,6 +364,8 @@ class DiT(nn.Module):
             nn.init.normal_(self.caption_embedder.null_caption, std=0.02)
         if self.caption_pooling is not None:
             nn.init.zeros_(self.caption_pooling.linear.weight)  # the pooled caption starts switched off
+        if self.text_refiner is not None:
+            zero_gates(self.text_refiner)  # the refiner starts as the identity
 
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None, text: Tensor | None = None,
                      text_mask: Tensor | None = None) -> tuple[int, int]:
@@ -373,7 +395,7 @@ class DiT(nn.Module):
             raise ValueError("this model has no text input (text_conditioning = 'none'); call it without text, or "
                              "build it with text_conditioning = 'cross' or 'gated_cross'")
         if self.caption_embedder is not None:
-            check_text(text, text_mask, x.shape[0], cfg.text_dim)
+            check_text(text, text_mask, x.shape[0], cfg.text_dim, text_segments(cfg.text_refiner))
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop: Tensor | None = None,
@@ -393,6 +415,8 @@ class DiT(nn.Module):
         if self.pos_embed is not None:
             tokens = self.pos_embed(tokens, grid_shape)  # (N, T, D)
         c = self.t_embedder(t)  # (N, D)
+        if self.text_refiner is not None:
+            text = self.text_refiner(text, text_mask, c)  # (N, L, Dt), refined at this timestep
         if self.y_embedder is not None:
             c = c + self.y_embedder(y, force_drop)  # (N, D)
         caption = None

@@ -115,7 +115,7 @@ def describe(scene: Scene, rng: np.random.Generator | None = None) -> str:
     """A caption of ``scene``: the template caption, or with ``rng`` a varied one drawn from the grammar.
 
     A varied caption names identical objects (same shape, colour and size) once with their count ("two small red
-    circles at the top left and the center"), puts the groups and each group's positions in random order, and
+    circles at the top left and the center"; groups of at most three), puts the groups and each group's positions in random order, and
     picks synonyms, a preposition and one of ``WORD_ORDERS`` per group; the same rng state gives the same caption.
 
     Args:
@@ -129,9 +129,13 @@ def describe(scene: Scene, rng: np.random.Generator | None = None) -> str:
         raise ValueError("an empty scene has no caption; sample scenes with min_objects >= 1")
     if rng is None:
         return caption(scene)
-    groups: dict[tuple[str, str, str], list[ObjectSpec]] = {}
-    for o in scene.objects:
-        groups.setdefault((o.shape, o.colour, o.size), []).append(o)
+    groups: dict[tuple[str, str, str, int], list[ObjectSpec]] = {}
+    for o in scene.objects:  # identical objects share a group; the grammar counts to three, so a fourth starts another
+        same = sum(key[:3] == (o.shape, o.colour, o.size) for key in groups)
+        key = (o.shape, o.colour, o.size, same - 1)
+        if same == 0 or len(groups[key]) == len(NUMBER_WORDS):
+            key = (o.shape, o.colour, o.size, same)
+        groups.setdefault(key, []).append(o)
     phrases = []
     for index in rng.permutation(len(groups)):
         objects = list(groups.values())[int(index)]

@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from minidit.validation import check_choice
 
 
 def masked_mean(features: Tensor, mask: Tensor) -> Tensor:
@@ -96,21 +95,22 @@ def build_text_encoder(kind: str, pretrained: bool = True) -> nn.Module:
         pretrained: load it from the cache (or pretrain and cache it, about a minute); ``False`` builds the same
             architecture untrained, for a checkpoint that holds its weights.
     """
-    from minidit.text.encoder import TextEncoder, TextEncoderConfig
-    from minidit.text.pretrain import KINDS, pretrained_encoder
+    from minidit.text.encoder import TextEncoder
+    from minidit.text.pretrain import encoder_config, pretrained_encoder
     from minidit.text.tokenizer import shapes_tokenizer
 
-    check_choice("text encoder kind", kind, KINDS)
+    tokenizer = shapes_tokenizer()
+    config = encoder_config(kind, tokenizer)  # checks the kind
     if pretrained:
         return pretrained_encoder(kind)
-    tokenizer = shapes_tokenizer()
-    encoder = TextEncoder(TextEncoderConfig(tokenizer.vocab_size, causal=kind == "causal"), tokenizer)
+    encoder = TextEncoder(config, tokenizer)
     return encoder.eval().requires_grad_(False)
 
 
-def check_text(text: Tensor | None, text_mask: Tensor | None, batch: int, text_dim: int) -> None:
+def check_text(text: Tensor | None, text_mask: Tensor | None, batch: int, text_dim: int, segments: int = 1) -> None:
     """Raise a ``ValueError`` naming the problem unless ``text`` is ``(batch, L, text_dim)`` float and ``text_mask``
-    ``(batch, L)`` bool with at least one real token per row."""
+    ``(batch, L)`` bool with at least one real token per row (and per each of ``segments`` equal segments: the
+    features of several text encoders concatenated, ``minidit.refiner.CollaborativeRefiner``)."""
     if text is None or text_mask is None:
         raise ValueError("this model is text-conditioned: pass text (N, L, text_dim) features and text_mask (N, L) "
                          "bool, e.g. from TextToImage or encoder.encode(captions)")
@@ -122,6 +122,10 @@ def check_text(text: Tensor | None, text_mask: Tensor | None, batch: int, text_d
                          f"got {text_mask.dtype} of shape {tuple(text_mask.shape)}")
     if not torch.compiler.is_compiling() and not bool(text_mask.any(dim=1).all()):
         raise ValueError("a caption has no real token (its text_mask row is all False); every caption needs at least one")
+    if segments > 1:
+        from minidit.refiner import split_segments  # lazy: the refiner imports this module
+
+        split_segments(text, text_mask, segments)
 
 
 class TextToImage(nn.Module):

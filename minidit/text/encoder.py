@@ -72,14 +72,15 @@ class TextBlock(nn.Module):
 def attention_mask(mask: Tensor, causal: bool) -> Tensor:
     """Boolean attention mask ``(N, 1, L, L)`` from the padding ``mask`` (N, L): query ``i`` may attend key ``j``.
 
-    Keys must be real tokens; with ``causal`` also ``j <= i``. Token 0 ([BOS]) is real in every row, so no row of
-    the result is all ``False`` (SDPA would return NaN for it), padding rows included.
+    Keys must be real tokens; with ``causal`` also ``j <= i``; and every query may attend itself, so no row of the
+    result is all ``False`` (SDPA would return NaN for it), not even a padded query's in a row that starts with
+    padding. A real query never reads padding, so padding never changes a real token's output.
     """
+    length = mask.shape[1]
     allowed = mask[:, None, None, :]  # (N, 1, 1, L): keys that are real tokens
     if causal:
-        length = mask.shape[1]
         allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()  # (N, 1, L, L)
-    return allowed.expand(-1, -1, mask.shape[1], -1)
+    return allowed | torch.eye(length, dtype=torch.bool, device=mask.device)  # (N, 1, L, L)
 
 
 class FeatureEncoder(nn.Module):

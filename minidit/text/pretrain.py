@@ -6,6 +6,9 @@ originals, ``L = -mean log p(x_i | x_masked)`` over the chosen ``i``. The causal
 objective, ``L = -mean_i log p(x_{i+1} | x_{<=i})`` over the real tokens after ``[BOS]``. Both train with AdamW on
 varied captions (``minidit.data.captions.describe``) of random scenes, the same captions for the same seed. LI-DiT
 (arXiv 2406.11831; ``../shared/notes/papers.md`` Sec. 6) compares exactly these two kinds of text feature.
+The ``-long`` kinds have 96 positions and learn from running text, several captions of 1 to 4 objects joined by
+" . " and cut at 96 tokens, as an LM reads documents: a caption then appears at any offset after other text, so an
+instruction can precede a prompt (notebooks/08_llm_text_encoders.ipynb).
 
 A trained encoder is saved atomically (``minidit.checkpoint.save_checkpoint``) to
 ``<cache>/text/<kind>-<hash16>.pt``, where ``<cache>`` is ``cache_dir``, ``$MINIDIT_CACHE`` or ``~/.cache/minidit``
@@ -46,7 +49,8 @@ from minidit.text.encoder import TextEncoder, TextEncoderConfig
 from minidit.text.tokenizer import BOS, EOS, MASK, SPECIAL_TOKENS, Tokenizer, shapes_tokenizer
 from minidit.validation import check_choice
 
-KINDS = ("bidirectional", "causal")
+KINDS = ("bidirectional", "causal", "bidirectional-long", "causal-long")
+LONG_LENGTH, LONG_CAPTIONS, LONG_OBJECTS = 96, 3, 4  # positions, captions per text, objects per scene of "-long" kinds
 VERSION = "minidit-text-pretrain-v2"  # change it when the training code changes what a recipe produces
 FULL_STEPS, QUICK_STEPS = 250, 25  # steps of pretrained_encoder in a full and a quick (MINIDIT_QUICK=1) run
 HELDOUT_CAPTIONS = 512
@@ -64,6 +68,8 @@ class PretrainRecipe:
         weight_decay: AdamW weight decay.
         mask_prob: fraction of real tokens chosen for the masked-token objective (bidirectional only).
         seed: seeds the initial weights, the captions and the masking.
+        captions_per_text: captions joined by " . " into one training text (cut at the encoder's length if longer).
+        max_objects: objects per scene of the training captions are drawn from 1 to this.
     """
 
     steps: int
@@ -72,21 +78,27 @@ class PretrainRecipe:
     weight_decay: float = 0.01
     mask_prob: float = 0.15
     seed: int = 0
+    captions_per_text: int = 1
+    max_objects: int = 3
 
 
-def training_captions(batch_size: int, seed: tuple[int, ...]) -> list[str]:
-    """``batch_size`` varied captions of random scenes (a ``COUNT_PROB`` share of them with 2-3 identical objects, so
-    counts and plurals are common); the same ``seed`` tuple gives the same captions."""
+def training_captions(batch_size: int, seed: tuple[int, ...], captions_per_text: int = 1,
+                      max_objects: int = 3) -> list[str]:
+    """``batch_size`` texts of ``captions_per_text`` varied captions of random scenes joined by " . " (a
+    ``COUNT_PROB`` share of the scenes with 2 or more identical objects, so counts and plurals are common); the same
+    ``seed`` tuple gives the same texts."""
     from minidit.data.captions import describe  # lazy: captions imports minidit.text for its tokenizer
     from minidit.data.shapes import sample_scenes
 
     rng = np.random.default_rng((*seed, 1))
-    return [describe(scene, rng) for scene in sample_scenes(batch_size, seed=seed, count_prob=COUNT_PROB)]
+    scenes = sample_scenes(batch_size * captions_per_text, seed=seed, max_objects=max_objects, count_prob=COUNT_PROB)
+    captions = [describe(scene, rng) for scene in scenes]
+    return [" . ".join(captions[i : i + captions_per_text]) for i in range(0, len(captions), captions_per_text)]
 
 
-def heldout_captions(seed: int, n: int = HELDOUT_CAPTIONS) -> list[str]:
-    """Captions from a seed stream that training never draws (training uses ``(seed, 0, step)``)."""
-    return training_captions(n, (seed, 1))
+def heldout_captions(seed: int, n: int = HELDOUT_CAPTIONS, captions_per_text: int = 1, max_objects: int = 3) -> list[str]:
+    """Texts from a seed stream that training never draws (training uses ``(seed, 0, step)``)."""
+    return training_captions(n, (seed, 1), captions_per_text, max_objects)
 
 
 def mask_tokens(ids: Tensor, mask: Tensor, mask_prob: float, vocab_size: int, generator: torch.Generator,
@@ -128,12 +140,13 @@ def pretraining_loss(encoder: TextEncoder, ids: Tensor, mask: Tensor, generator:
 
 
 @torch.no_grad()
-def heldout_accuracy(encoder: TextEncoder, seed: int = 0, n: int = HELDOUT_CAPTIONS) -> float:
-    """Masked-token (bidirectional) or next-token (causal) accuracy on ``n`` held-out captions."""
+def heldout_accuracy(encoder: TextEncoder, recipe: PretrainRecipe, n: int = HELDOUT_CAPTIONS) -> float:
+    """Masked-token (bidirectional) or next-token (causal) accuracy on ``n`` held-out texts of ``recipe``'s kind."""
     was_training = encoder.training
     encoder.eval()
-    ids, mask = encoder.tokenize(heldout_captions(seed, n))
-    _, accuracy = pretraining_loss(encoder, ids, mask, torch.Generator().manual_seed(seed), evaluate=True)
+    ids, mask = encoder.tokenize(heldout_captions(recipe.seed, n, recipe.captions_per_text, recipe.max_objects),
+                                 truncation="cut")
+    _, accuracy = pretraining_loss(encoder, ids, mask, torch.Generator().manual_seed(recipe.seed), evaluate=True)
     encoder.train(was_training)
     return float(accuracy)
 
@@ -159,7 +172,8 @@ def train_text_encoder(config: TextEncoderConfig, recipe: PretrainRecipe, tokeni
     encoder.train()
     bar = tqdm(range(recipe.steps), desc=f"pretraining the {kind} text encoder", disable=not progress)
     for step in bar:
-        ids, mask = encoder.tokenize(training_captions(recipe.batch_size, (recipe.seed, 0, step)))
+        texts = training_captions(recipe.batch_size, (recipe.seed, 0, step), recipe.captions_per_text, recipe.max_objects)
+        ids, mask = encoder.tokenize(texts, truncation="cut")
         loss, accuracy = pretraining_loss(encoder, ids, mask, generator, recipe.mask_prob)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,7 +199,7 @@ def content_hash(config: TextEncoderConfig, recipe: PretrainRecipe, tokenizer: T
 def cache_path(config: TextEncoderConfig, recipe: PretrainRecipe, tokenizer: Tokenizer,
                cache_dir: str | os.PathLike | None = None) -> Path:
     """``<cache>/text/<kind>-<first 16 hex digits of content_hash>.pt``."""
-    kind = "causal" if config.causal else "bidirectional"
+    kind = ("causal" if config.causal else "bidirectional") + ("-long" if recipe.captions_per_text > 1 else "")
     return cache_root(cache_dir) / "text" / f"{kind}-{content_hash(config, recipe, tokenizer)[:16]}.pt"
 
 
@@ -220,7 +234,7 @@ def load_or_train(config: TextEncoderConfig, recipe: PretrainRecipe, tokenizer: 
         report: dict[str, Any] = {
             "steps": recipe.steps,
             "objective": "next-token" if config.causal else "masked-token",
-            "heldout_accuracy": heldout_accuracy(encoder, recipe.seed),
+            "heldout_accuracy": heldout_accuracy(encoder, recipe),
         }
         save_checkpoint({"hash": digest, "version": VERSION, "config": asdict(config), "recipe": asdict(recipe),
                          "vocabulary": list(tokenizer.words), "pretraining": report,
@@ -229,23 +243,32 @@ def load_or_train(config: TextEncoderConfig, recipe: PretrainRecipe, tokenizer: 
     return encoder.eval().requires_grad_(False)
 
 
+def encoder_config(kind: str, tokenizer: Tokenizer) -> TextEncoderConfig:
+    """The architecture of the encoder ``kind`` (``KINDS``) over ``tokenizer``: 96 positions for ``-long`` kinds."""
+    check_choice("text encoder kind", kind, KINDS)
+    length = LONG_LENGTH if kind.endswith("-long") else TextEncoderConfig.max_length
+    return TextEncoderConfig(tokenizer.vocab_size, causal=kind.startswith("causal"), max_length=length)
+
+
 def pretrained_encoder(kind: str, steps: int | None = None, cache_dir: str | os.PathLike | None = None,
                        progress: bool = True) -> TextEncoder:
-    """The shapes-caption encoder of ``kind`` (``"bidirectional"`` or ``"causal"``), pretrained and cached.
+    """The shapes-caption encoder of ``kind`` (``KINDS``), pretrained and cached.
 
     Args:
-        kind: ``"bidirectional"`` (masked-token objective) or ``"causal"`` (next-token objective).
+        kind: ``"bidirectional"`` (masked-token objective) or ``"causal"`` (next-token objective) over 40 positions,
+            trained on single captions of 1-3 objects; ``"bidirectional-long"`` or ``"causal-long"`` over 96
+            positions, trained on texts of several captions of 1-4 objects.
         steps: optimizer steps; default ``FULL_STEPS``, or ``QUICK_STEPS`` when ``MINIDIT_QUICK=1``.
         cache_dir: cache folder (default ``$MINIDIT_CACHE`` or ``~/.cache/minidit``).
         progress: show a tqdm bar while training.
     Returns:
         a frozen ``TextEncoder`` in eval mode of the default ``TextEncoderConfig`` size over ``shapes_tokenizer()``.
     """
-    check_choice("text encoder kind", kind, KINDS)
     if steps is None:
         steps = QUICK_STEPS if quick_mode() else FULL_STEPS
     if steps < 1:
         raise ValueError(f"steps must be at least 1; got {steps}")
     tokenizer = shapes_tokenizer()
-    config = TextEncoderConfig(tokenizer.vocab_size, causal=kind == "causal")
-    return load_or_train(config, PretrainRecipe(steps=steps), tokenizer, cache_dir, progress)
+    config = encoder_config(kind, tokenizer)
+    long = dict(captions_per_text=LONG_CAPTIONS, max_objects=LONG_OBJECTS) if kind.endswith("-long") else {}
+    return load_or_train(config, PretrainRecipe(steps=steps, **long), tokenizer, cache_dir, progress)
