@@ -148,9 +148,11 @@ def test_solution_passes_its_checks(path):
 
 def _perturbed(output):
     """The output moved by 1e-3 relative: tensors shifted (a boolean mask as 0 / 1), the last part of a tuple shifted,
-    functions wrapped."""
+    the values of a dict shifted, functions wrapped."""
     if callable(output):
         return lambda *args: _perturbed(output(*args))
+    if isinstance(output, dict):
+        return {key: _perturbed(value) for key, value in output.items()}
     if isinstance(output, tuple):
         return (*output[:-1], _perturbed(output[-1]))
     output = output.float() if output.dtype == torch.bool else output
@@ -283,6 +285,30 @@ def _average_pool_kv_by_subsampling(k, v, grid_shape, ratio):
     return KVCompression(k.shape[1] * k.shape[3], ratio=ratio, mode="uniform")(k, v, grid_shape)
 
 
+def _refiner_mask_without_diagonal(mask, causal):
+    """Keys limited to real tokens (and j <= i) but no query allowed to attend itself: a row can be all False."""
+    length = mask.shape[1]
+    allowed = mask[:, None, None, :].expand(-1, 1, length, length)  # (N, 1, L, L)
+    return allowed & torch.ones(length, length, dtype=torch.bool).tril() if causal else allowed
+
+
+def _refiner_block_with_sigmoid_gates(block, x, mask, c, causal):
+    """Gates sigmoid(Linear(SiLU(c))), which start at 0.5, instead of the linear layer's output, which starts at 0."""
+    from minidit.text.encoder import attention_mask
+
+    g_attn, g_mlp = torch.sigmoid(block.gate(c)).unsqueeze(1).chunk(2, dim=-1)
+    x = x + g_attn * block.attn(block.norm1(x), attn_mask=attention_mask(mask, causal))
+    return x + g_mlp * block.mlp(block.norm2(x))
+
+
+def _hits_by_position_counting_the_cell(reports):
+    """The mean of colour, shape, size and position hits instead of colour, shape and size."""
+    table = {}
+    for r in reports:
+        table.setdefault((r["objects"], r["order"]), []).append((r["colour"] + r["shape"] + r["size"] + r["position"]) / 4)
+    return {key: torch.tensor(values) for key, values in table.items()}
+
+
 # One typical learner mistake per check; a new check must add its own (see test_every_check_has_a_typical_mistake).
 MISTAKES = {
     "interpolant": lambda name, t: tuple(c if i < 3 else -c  # d_sigma with the wrong sign
@@ -315,6 +341,10 @@ MISTAKES = {
     "joint_key_mask": lambda tokens, text_mask: torch.cat([text_mask, text_mask.new_ones(text_mask.shape[0], tokens)], 1)[:, None, None, :],  # [text, image]
     "joint_attention": lambda x, context, text_mask, *weights: CHECKS["joint_attention"].reference(
         x, context, torch.ones_like(text_mask), *weights),  # padded text attended
+    "refiner_mask": _refiner_mask_without_diagonal,
+    "refiner_block": _refiner_block_with_sigmoid_gates,
+    "hits_by_position": _hits_by_position_counting_the_cell,
+    "first_minus_last": lambda hits: torch.cat([hits[k, 0] - hits[k, 1] for k in sorted({k for k, _ in hits if k > 1})]),  # second, not last
 }
 
 
@@ -465,6 +495,17 @@ def joint_attention(x, context, text_mask, image_qkv_weight, image_qkv_bias, tex
     logits = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~joint_key_mask(x.shape[1], text_mask), float("-inf"))
     out = (logits.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
     return out[:, : x.shape[1]], out[:, x.shape[1]:]
+""",
+    ("refiner_block", "refiner_mask"): """
+def refiner_mask(mask, causal):
+    length = mask.shape[1]
+    allowed = mask[:, None, None, :] & torch.ones(length, length, dtype=torch.bool).tril()  # causal even when not asked
+    return allowed | torch.eye(length, dtype=torch.bool)
+
+def refiner_block(block, x, mask, c, causal):
+    g_attn, g_mlp = block.gate(c).unsqueeze(1).chunk(2, dim=-1)
+    x = x + g_attn * block.attn(block.norm1(x), attn_mask=refiner_mask(mask, causal))
+    return x + g_mlp * block.mlp(block.norm2(x))
 """,
 }
 
