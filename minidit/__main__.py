@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from minidit.checkpoint import CheckpointError, load_checkpoint
-from minidit.config import build_data, build_model, check_data_fits_model, load_config, parse_config
+from minidit.config import (build_data, build_model, check_data_fits_model, load_config, parse_config,
+                            use_model_tokenizer)
 from minidit.generate import build_sample_fn, default_prompts, sample_images
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device
@@ -54,6 +55,7 @@ def train_command(args: argparse.Namespace) -> Path:
     torch.manual_seed(seed)  # model initialisation and dropout
     model = build_model(experiment.model, experiment.source)
     data = build_data(experiment.data, experiment.source)
+    use_model_tokenizer(model, data)
     check_data_fits_model(model, data, experiment)
     trainer = Trainer(model, data, experiment.train, build_sample_fn(experiment), metadata=experiment.to_dict(),
                       source=experiment.source, overwrite=args.overwrite)
@@ -129,7 +131,7 @@ def fit_prompts(prompts: list[str], model: torch.nn.Module, truncate: bool) -> l
         if unknown:
             print(f"warning: prompt {number}: {', '.join(map(repr, unknown))} not in the model's vocabulary; encoded "
                   "byte by byte, which the model never saw in training", file=sys.stderr)
-        length = len(tokenizer.tokenize(prompt)) + 2  # [BOS] ... [EOS]
+        length = tokenizer.count(prompt)  # special tokens ([BOS], [EOS]) included
         if length > limit and not truncate:
             raise InputError(f"prompt {number} is {length} tokens long but the model reads at most {limit} "
                              f"([BOS] and [EOS] included); shorten it or pass --truncate to cut it")

@@ -12,6 +12,9 @@ world, exactly:
 - ``alignment_by_position``: from the analyser's ``object_reports`` of generated images, per (``k``, position in
   the prompt) the per-object hits (colour, shape and size of the object read in the cell the prompt names), with
   ``relative_position = order / (k - 1)``;
+- ``text_gain_by_position``: the same without sampling, from the denoiser's error: the share of the velocity error
+  in each named object's cell that the prompt removes, ``1 - err(prompt) / err(null caption)``, averaged over fixed
+  times and noises (0 when the model ignores what the prompt says about that object);
 - ``probe_by_position``: a model-free probe of the encoder itself, a ridge-regression linear probe that reads the
   colour and the shape of the ``j``-th named object from the caption's pooled (masked-mean) features;
 - ``encode_prompts``: features of a chosen layer; with an **instruction** ("describe the colours, ...") the encoder
@@ -36,9 +39,10 @@ from torch import Tensor, nn
 
 from minidit.data.captions import describe, parse_caption_ordered
 from minidit.data.shapes import COLOURS, SHAPES, SIZES, ObjectSpec, Scene
+from minidit.interpolants import get_interpolant
 from minidit.text.conditioning import masked_mean
 
-INSTRUCTION = "describe the colours, shapes, sizes, counts and positions of the objects:"
+INSTRUCTION = "describe the colours, shapes, sizes, counts and positions:"
 PAIR_COUNTS = (2, 3, 4)  # objects per benchmark prompt
 PAIR_ATTRIBUTES = ("colour", "shape", "size")  # scored per object in its named cell
 PROBED = {"colour": tuple(COLOURS), "shape": SHAPES}  # what the linear probe reads, and its classes
@@ -123,6 +127,56 @@ def alignment_by_position(reports: Sequence[dict], attributes: Sequence[str] = P
     for record in reports:
         score = sum(float(record[a]) for a in attributes) / len(attributes)
         table.setdefault((record["objects"], record["order"]), []).append(score)
+    return {key: torch.tensor(values) for key, values in sorted(table.items())}
+
+
+@torch.no_grad()
+def cell_velocity_errors(model: nn.Module, x0: Tensor, conditioning: dict[str, Tensor], t_grid: Sequence[float],
+                         draws: int = 2, seed: int = 0, force_drop: bool = False) -> Tensor:
+    """Mean squared velocity error of ``model`` in each cell of the 3x3 grid: ``(N, 9)``, cells row by row.
+
+    Averaged over the times ``t_grid``, ``draws`` noises per time (from a generator seeded with ``seed``, the same
+    for every model) and the pixels and channels of the cell, on the linear path ``x_t = (1 - t) x0 + t eps`` with
+    target ``eps - x0``; ``force_drop`` replaces every caption by the null caption. The model runs in eval mode
+    and gets its mode back.
+    """
+    n, _, height, width = x0.shape
+    if height % 3 or width % 3:
+        raise ValueError(f"images of {height}x{width} pixels do not split into 3x3 cells; use a side divisible by 3")
+    path, generator = get_interpolant("linear"), torch.Generator().manual_seed(seed)
+    drop = torch.full((n,), force_drop, dtype=torch.bool)
+    total = torch.zeros(n, 9)
+    was_training = model.training
+    model.eval()
+    for t in t_grid:
+        times = torch.full((n,), float(t))
+        for _ in range(draws):
+            noise = torch.randn(x0.shape, generator=generator)
+            x_t = path.interpolate(x0, noise, times)
+            error = (model(x_t, times, **conditioning, force_drop=drop) - path.velocity_target(x0, noise, times)) ** 2
+            cells = error.reshape(n, -1, 3, height // 3, 3, width // 3).mean(dim=(1, 3, 5))  # (N, 3, 3)
+            total += cells.flatten(1)
+    model.train(was_training)
+    return total / (len(t_grid) * draws)  # (N, 9)
+
+
+def text_gain_by_position(model: nn.Module, x0: Tensor, captions: Sequence[str], conditioning: dict[str, Tensor],
+                          t_grid: Sequence[float] = (0.3, 0.5, 0.7), draws: int = 2,
+                          seed: int = 0) -> dict[tuple[int, int], Tensor]:
+    """Per ``(k, j)``: ``1 - err(prompt) / err(null caption)`` in the cell of the ``j``-th object named (``(M,)``).
+
+    ``x0`` (N, 3, H, W) are the scenes of ``captions``; ``conditioning`` the model's text inputs for them. The errors
+    are ``cell_velocity_errors`` with the prompt and with the null caption, same times and noises; the layout of
+    the result is ``alignment_by_position``'s.
+    """
+    with_prompt = cell_velocity_errors(model, x0, conditioning, t_grid, draws, seed)
+    without = cell_velocity_errors(model, x0, conditioning, t_grid, draws, seed, force_drop=True)
+    gain = 1 - with_prompt / without  # (N, 9)
+    table: dict[tuple[int, int], list[float]] = {}
+    for index, caption in enumerate(captions):
+        objects = parse_caption_ordered(caption)
+        for order, o in enumerate(objects):
+            table.setdefault((len(objects), order), []).append(float(gain[index, o.row * 3 + o.col]))
     return {key: torch.tensor(values) for key, values in sorted(table.items())}
 
 

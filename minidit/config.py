@@ -39,7 +39,8 @@ else:  # Python 3.10
 
 SECTIONS = ("model", "data", "train", "sample")
 MODEL_TYPES = ("mlp", "dit", "mmdit")
-TEXT_KEYS = ("text_encoder", "text_layer")  # [model] keys of text-to-image models beyond the denoiser's config
+# [model] keys of text-to-image models beyond the denoiser's config; the last two for text_encoder = "hf" only
+TEXT_KEYS = ("text_encoder", "text_layer", "text_encoder_path", "text_max_length")
 DATA_NAMES = ("toy", "shapes", "cifar10", "imagenet64", "folder")
 
 
@@ -218,11 +219,20 @@ def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = 
 
 def _check_text_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Pop and check the ``TEXT_KEYS`` of a ``[model]`` section: ``text_encoder`` (a kind of
-    ``minidit.text.pretrain.KINDS``) and ``text_layer`` (an integer, -1 the last hidden state)."""
+    ``minidit.text.pretrain.KINDS``, or ``"hf"`` for a Hugging Face model in the local folder ``text_encoder_path``
+    read up to ``text_max_length`` tokens) and ``text_layer`` (an integer, -1 the last hidden state)."""
     text = {key: values.pop(key) for key in TEXT_KEYS if key in values}
-    problem = value_problem("model.dit", "text_encoder", text.get("text_encoder"))
-    if problem:
-        raise config_error(source, "model", "text_encoder", problem)
+    for key in ("text_encoder", "text_encoder_path", "text_max_length"):
+        problem = value_problem("model.dit", key, text.get(key))
+        if problem:
+            raise config_error(source, "model", key, problem)
+    hf_keys = [key for key in ("text_encoder_path", "text_max_length") if key in text]
+    if text.get("text_encoder") == "hf" and len(hf_keys) < 2:
+        missing = sorted({"text_encoder_path", "text_max_length"} - set(hf_keys))[0]
+        raise config_error(source, "model", missing, 'missing; text_encoder = "hf" loads a Hugging Face model from a '
+                           'local folder: add text_encoder_path = "/path/to/model" and text_max_length = 64')
+    if text.get("text_encoder") != "hf" and hf_keys:
+        raise config_error(source, "model", hf_keys[0], 'is only for text_encoder = "hf"; leave it out')
     if "text_layer" in text and (isinstance(text["text_layer"], bool) or not isinstance(text["text_layer"], int)):
         raise config_error(source, "model", "text_layer", f"got {text['text_layer']!r}; write an integer such as -1 "
                            "(the encoder's last hidden state) or -2 (the second to last)")
@@ -296,7 +306,8 @@ def build_model(section: dict[str, Any], source: str = "<dict>", pretrained_text
     if model_type == "mlp":
         return ToyMLP(**values)
     kind, layer = values.pop("text_encoder", None), values.pop("text_layer", -1)
-    encoder = build_text_encoder(kind, pretrained_text) if kind else None
+    path, max_length = values.pop("text_encoder_path", None), values.pop("text_max_length", None)
+    encoder = build_text_encoder(kind, pretrained_text, path, max_length) if kind else None
     if encoder is not None:
         values["text_dim"] = encoder.dim
     if model_type == "mmdit":
@@ -331,6 +342,16 @@ def build_data(section: dict[str, Any], source: str = "<dict>") -> Any:
     """Build the ``[data]`` section (see ``check_data``)."""
     values = check_data(section, source)
     return _data_builders()[values.pop("name")](**values)
+
+
+def use_model_tokenizer(model: nn.Module, data: Any) -> None:
+    """Captioned data tokenises with the tokenizer of a ``TextToImage`` model's Hugging Face encoder (minidit's own
+    encoders share the data's tokenizer, which ``check_data_fits_model`` checks)."""
+    from minidit.text.hf import HFTextEncoder
+
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, HFTextEncoder) and getattr(data, "tokenizer", None) is not None:
+        data.tokenizer = encoder.tokenizer
 
 
 def check_data_fits_model(model: nn.Module, data: Any, experiment: Experiment) -> None:

@@ -30,6 +30,7 @@ import torch
 
 from minidit.data.shapes import CAPTION_MODES, MAX_RESOLUTION, MIN_RESOLUTION, SPLITS
 from minidit.dit import PRESETS, STYLES, TEXT_CONDITIONINGS, check_kv_compression
+from minidit.refiner import REFINERS
 from minidit.interpolants import INTERPOLANTS
 from minidit.norms import NORMS
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS
@@ -172,7 +173,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "rope_theta": number(0, open_low=True), "ntk_scale": number(0, open_low=True, note=" (1 = no scaling)"),
         "frequency_embedding_size": integer(1),
         "text_conditioning": choice(TEXT_CONDITIONINGS), "text_dim": integer(1),
-        "caption_dropout": number(0, 1), "text_encoder": choice(ENCODER_KINDS),
+        "caption_dropout": number(0, 1), "text_encoder": choice((*ENCODER_KINDS, "hf")),
+        "text_encoder_path": Rule(lambda v: isinstance(v, str) and v.strip() != "",
+                                  "the local folder of a Hugging Face model (config, weights and tokenizer files)"),
+        "text_max_length": integer(3, note=" (tokens the Hugging Face encoder reads)"),
+        "text_refiner": choice(REFINERS), "refiner_depth": integer(1), "refiner_heads": integer(1),
     },
     "data.toy": {"target": choice(TARGETS), "seed": SEED},
     "data.shapes": {"resolution": integer(MIN_RESOLUTION, MAX_RESOLUTION), "min_objects": integer(0, 9),
@@ -259,6 +264,11 @@ def dit_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "ntk_scale", f"NTK scaling needs hidden_size / num_heads >= 8, got {head_dim}; use ntk_scale = 1.0"
     if values["pos_embed"] == "sincos" and hidden % 4:
         yield "hidden_size", f"{hidden} is not divisible by 4, which the 2-D sin-cos position table needs"
+    if values.get("text_refiner") == "collaborative":
+        yield "text_refiner", ('"collaborative" refines the features of two text encoders, and a config names one; use '
+                               '"token" (notebooks/08_llm_text_encoders.ipynb trains the collaborative refiner)')
+    elif values.get("text_refiner", "none") != "none" and values["text_conditioning"] == "none":
+        yield "text_refiner", 'refines caption features: set text_conditioning = "cross" (or "gated_cross") and text_encoder'
     if values.get("kv_compression") is not None:
         try:
             ratio = check_kv_compression(values["kv_compression"], values["depth"])["ratio"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from minidit.causal_bias import (INSTRUCTION, PROBED, alignment_by_position, bias_captions, bias_scenes,
-                                 encode_prompts, first_minus_last, instruction_crop, probe_by_position,
-                                 relative_position, ridge_probe)
+                                 cell_velocity_errors, encode_prompts, first_minus_last, instruction_crop,
+                                 probe_by_position, relative_position, ridge_probe, text_gain_by_position)
 from minidit.data.analyser import object_reports
 from minidit.data.captions import parse_caption, parse_caption_ordered
 from minidit.data.shapes import render
@@ -100,3 +100,36 @@ def test_probe_by_position_shapes(encoder):
     hits = probe_by_position(encoder, objects=2, n_train=40, n_test=20, seed=0)
     assert set(hits) == {(attribute, j) for attribute in PROBED for j in range(2)}
     assert all(h.shape == (20,) and set(h.tolist()) <= {0.0, 1.0} for h in hits.values())
+
+
+class Oracle(torch.nn.Module):
+    """Knows the clean images: the exact velocity (x_t - x0) / t with a caption, 0 with the null caption."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x, t, text, force_drop):
+        exact = (x - self.x0) / t[:, None, None, None]
+        return torch.where(force_drop[:, None, None, None], torch.zeros_like(x), exact)
+
+
+def test_text_gain_is_one_for_an_oracle_and_zero_for_a_model_that_ignores_the_prompt():
+    scenes = bias_scenes(5, objects=3, seed=2)
+    captions = bias_captions(scenes, seed=2)
+    x0 = render(scenes, 24)
+    conditioning = {"text": torch.zeros(5, 1, 1)}
+    oracle = Oracle(x0).train()
+    errors = cell_velocity_errors(oracle, x0, conditioning, (0.5,))
+    assert errors.shape == (5, 9) and errors.abs().max() < 1e-10 and oracle.training  # its mode given back
+    gain = text_gain_by_position(oracle, x0, captions, conditioning)
+    assert set(gain) == {(3, 0), (3, 1), (3, 2)}
+    assert all(torch.allclose(g, torch.ones(5)) for g in gain.values())
+
+    def ignores_the_prompt(x, t, text, force_drop):
+        return x * 0.3
+    ignores = torch.nn.Module()
+    ignores.forward = ignores_the_prompt
+    assert all(torch.equal(g, torch.zeros(5)) for g in text_gain_by_position(ignores, x0, captions, conditioning).values())
+    with pytest.raises(ValueError, match="do not split into 3x3 cells"):
+        cell_velocity_errors(oracle, x0[:, :, :16, :16], conditioning, (0.5,))

@@ -22,6 +22,10 @@ def test_every_config_builds_its_model_and_synthetic_data(path):
     experiment = load_config(path)
     assert isinstance(experiment.train, TrainConfig) and isinstance(experiment.sample, SampleConfig)
     small = experiment.data["name"] in SYNTHETIC
+    if experiment.model.get("text_encoder") == "hf" and not Path(experiment.model["text_encoder_path"]).is_dir():
+        with pytest.raises(FileNotFoundError, match="is not a folder; download the model once"):
+            build_model(experiment.model, experiment.source)  # a local LM is needed; nothing is downloaded
+        return
     with torch.device("cpu" if small else "meta"):  # the GPU-sized models are only checked, not allocated
         model = build_model(experiment.model, experiment.source)
     assert sum(p.numel() for p in model.parameters()) > 0

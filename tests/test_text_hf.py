@@ -104,3 +104,56 @@ def test_missing_transformers(monkeypatch):
 def test_import_is_lazy():
     code = "import sys, minidit.text; assert 'transformers' not in sys.modules, 'minidit.text imported transformers'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_config_trains_on_a_local_hugging_face_lm_with_a_refiner(transformers, hf_tokenizer, tmp_path, capsys):
+    # configs/shapes_t2i_llm_hf.toml's path: a decoder-only LM from a local folder, its tokenizer for the captions.
+    from minidit.__main__ import main
+
+    folder = tmp_path / "tiny-gpt2"
+    model = tiny_model(transformers, "gpt2", len(hf_tokenizer))
+    model.config.n_positions = 32
+    model.save_pretrained(folder)
+    hf_tokenizer.save_pretrained(folder)
+    config = tmp_path / "llm.toml"
+    config.write_text(f'''
+[model]
+type = "dit"
+input_size = 24
+patch_size = 8
+in_channels = 3
+hidden_size = 32
+depth = 2
+num_heads = 2
+text_conditioning = "cross"
+text_encoder = "hf"
+text_encoder_path = "{folder}"
+text_max_length = 32
+text_layer = -2
+text_refiner = "token"
+refiner_heads = 2
+
+[data]
+name = "shapes"
+resolution = 24
+max_objects = 2
+captions = "template"
+text_length = 32
+
+[train]
+batch_size = 4
+log_every = 1
+
+[sample]
+n = 2
+steps = 2
+''')
+    main(["train", str(config), "--steps", "2", "--out", str(tmp_path / "run")])
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert checkpoint.exists() and "step 2" in capsys.readouterr().out
+    main(["sample", str(checkpoint), "--prompt", "a large zebra at the top left", "--out", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").exists() and "zebra" in capsys.readouterr().err  # the tokenizer's unknown word
+    config.write_text(config.read_text().replace(str(folder), str(tmp_path / "missing")))
+    with pytest.raises(SystemExit):
+        main(["train", str(config), "--steps", "1", "--out", str(tmp_path / "run2")])
+    assert "is not a folder; download the model once" in capsys.readouterr().err

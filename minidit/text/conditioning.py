@@ -88,13 +88,27 @@ class CaptionEmbedder(nn.Module):
         return CaptionEmbedding(self.mlp(text), text_mask, masked_mean(text, text_mask))
 
 
-def build_text_encoder(kind: str, pretrained: bool = True) -> nn.Module:
-    """The shapes-caption text encoder of ``kind`` (``minidit.text.pretrain.KINDS``), frozen and in eval mode.
+def build_text_encoder(kind: str, pretrained: bool = True, path: str | None = None,
+                       max_length: int | None = None) -> nn.Module:
+    """The shapes-caption text encoder of ``kind`` (``minidit.text.pretrain.KINDS``), frozen and in eval mode; or,
+    for ``kind="hf"``, the Hugging Face model in the local folder ``path`` read up to ``max_length`` tokens.
 
     Args:
         pretrained: load it from the cache (or pretrain and cache it, about a minute); ``False`` builds the same
-            architecture untrained, for a checkpoint that holds its weights.
+            architecture untrained, for a checkpoint that holds its weights. A Hugging Face model always loads.
+    Raises:
+        FileNotFoundError: for ``"hf"`` when ``path`` is not a folder (nothing is downloaded).
     """
+    if kind == "hf":
+        from pathlib import Path
+
+        from minidit.text.hf import HFTextEncoder
+
+        if path is None or not Path(path).is_dir():
+            raise FileNotFoundError(f"text_encoder_path {path!r} is not a folder; download the model once, e.g. "
+                                    "huggingface-cli download Qwen/Qwen2.5-0.5B --local-dir models/qwen2.5-0.5b, and "
+                                    "point text_encoder_path at that folder")
+        return HFTextEncoder.from_pretrained(path, max_length=max_length, local_files_only=True)
     from minidit.text.encoder import TextEncoder
     from minidit.text.pretrain import encoder_config, pretrained_encoder
     from minidit.text.tokenizer import shapes_tokenizer

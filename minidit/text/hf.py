@@ -81,6 +81,18 @@ class HFTokenizer:
                                   return_tensors="pt")
         return batch["input_ids"].long(), batch["attention_mask"].bool()
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The whitespace-separated words of ``text`` that the tokenizer maps to its unknown token (none for a
+        byte-level tokenizer such as GPT-2's or LLaMA's, which spells any word)."""
+        unknown = self.hf_tokenizer.unk_token_id
+        if unknown is None:
+            return []
+        return [word for word in text.split() if unknown in self.hf_tokenizer(word, add_special_tokens=False)["input_ids"]]
+
+    def count(self, text: str) -> int:
+        """Tokens of ``text``, the special tokens the tokenizer adds included."""
+        return len(self.hf_tokenizer(text)["input_ids"])
+
     def decode(self, ids: Tensor | Sequence[int]) -> str:
         """Text of one row of ids, special tokens skipped."""
         return self.hf_tokenizer.decode(ids, skip_special_tokens=True)

@@ -76,6 +76,10 @@ class Tokenizer:
         """The pieces of ``text`` that are not in the vocabulary (each is encoded byte by byte)."""
         return [piece for piece in split_pieces(text) if piece not in self._word_ids]
 
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` with ``[BOS]`` and ``[EOS]``: ``len(tokenize(text)) + 2``."""
+        return len(self.tokenize(text)) + 2
+
     def tokenize(self, text: str) -> list[int]:
         """Ids of ``text`` without ``[BOS]``/``[EOS]``; two unknown words in a row are separated by the space byte.
 
