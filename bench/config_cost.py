@@ -53,20 +53,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     model = DiT(config)
     x = torch.randn(1, config.in_channels, config.input_size, config.input_size)
-    kwargs = {"text": torch.randn(1, text_length, args.text_dim), "text_mask": torch.ones(1, text_length, dtype=torch.bool)}
+    kwargs = {"text": torch.randn(1, text_length, args.text_dim),
+              "text_mask": torch.ones(1, text_length, dtype=torch.bool)}
     dit_flops = refiner_bench.training_flops(model, x, kwargs) * batch
     lm_flops = 2 * args.lm_params * text_length * batch
     trainable = sum(p.numel() for p in model.parameters())
     memory = (trainable * (16 + 4) + args.lm_params * 2) / 2**30
     seconds = (dit_flops + lm_flops) / (args.peak_tflops * 1e12 * args.mfu)
-    result = {"trainable_params_m": trainable / 1e6, "refiner_params_m": sum(p.numel() for p in model.text_refiner.parameters()) / 1e6
-              if model.text_refiner is not None else 0.0, "step_tflop": (dit_flops + lm_flops) / 1e12,
+    refiner = sum(p.numel() for p in model.text_refiner.parameters()) if model.text_refiner is not None else 0
+    result = {"trainable_params_m": trainable / 1e6, "refiner_params_m": refiner / 1e6,
+              "step_tflop": (dit_flops + lm_flops) / 1e12,
               "lm_share": lm_flops / (dit_flops + lm_flops), "weights_gib": memory, "step_s": seconds,
               "hours": seconds * steps / 3600}
-    print(f"{args.config}: DiT {trainable / 1e6:.1f} M trainable parameters (refiner {result['refiner_params_m']:.1f} M), "
+    print(f"{args.config}: DiT {trainable / 1e6:.1f} M trainable parameters (refiner {refiner / 1e6:.1f} M), "
           f"frozen encoder {args.lm_params / 1e6:.0f} M")
     print(f"training step, batch {batch}, {text_length} caption tokens: {result['step_tflop']:.2f} TFLOP "
-          f"(encoder forward {result['lm_share']:.1%}); weights, gradients, AdamW and EMA {memory:.1f} GiB plus activations")
+          f"(encoder forward {result['lm_share']:.1%}); weights, gradients, AdamW and EMA {memory:.1f} GiB "
+          "plus activations")
     print(f"at an assumed {args.mfu:.0%} of {args.peak_tflops:.0f} TFLOP/s: {seconds * 1000:.0f} ms per step, "
           f"{result['hours']:.1f} h for {steps} steps")
     return result

@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument("--steps", type=int, default=9, help="timed rounds (default 9; medians)")
-    parser.add_argument("--budget-s", type=float, default=120.0, help="stop after this many seconds (at least 2 rounds)")
+    parser.add_argument("--budget-s", type=float, default=120.0, help="stop after this many seconds (>= 2 rounds)")
     parser.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak (default 2048)")
     parser.add_argument("--peak-repeats", type=int, default=3, help="peak matmuls per round (default 3)")
     return parser.parse_args(argv)

@@ -60,8 +60,8 @@ def bias_scenes(n: int, objects: int, seed: int | Sequence[int]) -> list[Scene]:
     scenes = []
     for _ in range(n):
         cells = rng.choice(9, size=objects, replace=False)
-        chosen = zip(cells, rng.choice(len(SHAPES), objects, replace=False), rng.choice(len(colours), objects, replace=False),
-                     rng.integers(len(sizes), size=objects))
+        shapes = rng.choice(len(SHAPES), objects, replace=False)
+        chosen = zip(cells, shapes, rng.choice(len(colours), objects, replace=False), rng.integers(len(sizes), size=objects))
         scenes.append(Scene(tuple(ObjectSpec(SHAPES[s], colours[c], sizes[z], int(cell) // 3, int(cell) % 3)
                                   for cell, s, c, z in chosen)))
     return scenes
@@ -116,7 +116,8 @@ def encode_prompts(encoder: nn.Module, prompts: Sequence[str], layer: int = -1,
     return features[:, crop:], mask[:, crop:]
 
 
-def alignment_by_position(reports: Sequence[dict], attributes: Sequence[str] = PAIR_ATTRIBUTES) -> dict[tuple[int, int], Tensor]:
+def alignment_by_position(reports: Sequence[dict],
+                          attributes: Sequence[str] = PAIR_ATTRIBUTES) -> dict[tuple[int, int], Tensor]:
     """Per ``(k, j)``: the hits ``(M,)`` of the ``j``-th object named in prompts of ``k`` objects, one per prompt.
 
     A hit is the mean over ``attributes`` of the object read in the cell the prompt names (``object_reports``

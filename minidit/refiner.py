@@ -82,7 +82,8 @@ def zero_gates(module: nn.Module) -> None:
 
 
 def refiner_gate_norm(module: nn.Module) -> float:
-    """Largest absolute weight or bias of any refiner gate in ``module``: 0 exactly while every refiner is the identity."""
+    """Largest absolute weight or bias of any refiner gate in ``module``: exactly 0 while every refiner is the
+    identity."""
     values = [block.gate[-1].weight.abs().max() for block in module.modules() if isinstance(block, RefinerBlock)]
     values += [block.gate[-1].bias.abs().max() for block in module.modules() if isinstance(block, RefinerBlock)]
     return float(torch.stack(values).max().detach()) if values else 0.0
@@ -113,7 +114,8 @@ class TokenRefiner(nn.Module):
         self.blocks = nn.ModuleList(RefinerBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
 
     def condition(self, text: Tensor, mask: Tensor, t_emb: Tensor) -> Tensor:
-        """``c = W_t t_emb + MLP(masked mean of text)``: ``(N, Dt)`` from ``text`` (N, L, Dt), ``mask`` (N, L), ``t_emb`` (N, Dc)."""
+        """``c = W_t t_emb + MLP(masked mean of text)``: ``(N, Dt)`` from ``text`` (N, L, Dt), ``mask`` (N, L) and
+        ``t_emb`` (N, Dc)."""
         return self.time_projection(t_emb) + self.pooled_mlp(masked_mean(text, mask))
 
     def forward(self, text: Tensor, mask: Tensor, t_emb: Tensor) -> Tensor:
@@ -163,11 +165,14 @@ class CollaborativeRefiner(nn.Module):
                                       for _ in range(self.branches_count))
         self.collaboration = nn.ModuleList(RefinerBlock(dim, num_heads, mlp_ratio) for _ in range(self.branches_count))
 
-    def collaborate(self, texts: Sequence[Tensor], masks: Sequence[Tensor], conditions: Sequence[Tensor]) -> list[Tensor]:
+    def collaborate(self, texts: Sequence[Tensor], masks: Sequence[Tensor],
+                    conditions: Sequence[Tensor]) -> list[Tensor]:
         """One block: each branch's queries attend to the other branch's keys and values, then an MLP, all gated.
 
         Args:
-            texts: the two branches ``(N, L, Dt)``; masks: their real tokens ``(N, L)``; conditions: their ``c`` (N, Dt).
+            texts: the two branches ``(N, L, Dt)``.
+            masks: their real tokens ``(N, L)``.
+            conditions: their ``c`` (N, Dt).
         """
         projected = [block.attn.project(block.norm1(x)) for block, x in zip(self.collaboration, texts)]
         out = []
@@ -181,7 +186,8 @@ class CollaborativeRefiner(nn.Module):
         return out
 
     def forward(self, text: Tensor, mask: Tensor, t_emb: Tensor) -> Tensor:
-        """Refine the two segments of ``text`` (N, 2 L, Dt) with ``mask`` (N, 2 L) at ``t_emb`` (N, Dc) -> ``(N, 2 L, Dt)``."""
+        """Refine the two segments of ``text`` (N, 2 L, Dt) with ``mask`` (N, 2 L) at ``t_emb`` (N, Dc) ->
+        ``(N, 2 L, Dt)``."""
         parts = split_segments(text, mask, self.branches_count)
         conditions = [refiner.condition(x, m, t_emb) for refiner, (x, m) in zip(self.branches, parts)]
         refined = [refiner.refine(x, m, c) for refiner, (x, m), c in zip(self.branches, parts, conditions)]

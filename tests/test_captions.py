@@ -130,3 +130,12 @@ def test_heldout_pairs_are_one_per_shape_with_distinct_colours():
     assert sorted(shape for shape, _ in HELDOUT_PAIRS) == sorted(SHAPES)
     colours = [colour for _, colour in HELDOUT_PAIRS]
     assert len(set(colours)) == len(colours) and set(colours) <= set(COLOURS)
+
+
+def test_more_than_three_identical_objects_are_named_in_groups_of_at_most_three():
+    objects = tuple(ObjectSpec("circle", "red", "small", cell // 3, cell % 3) for cell in range(7))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        text = describe(Scene(objects), rng)
+        assert set(parse_caption(text).objects) == set(objects)
+        assert "four" not in text and sum(text.count(word) for word in ("a ", "two ", "three ")) >= 3

@@ -96,6 +96,14 @@ def test_a_prompt_for_a_model_without_text_is_refused(tmp_path, capsys):
     ({"kv_compression": {"ratio": 3}}, "ratio 3 does not divide the token grid 4x4"),
     ({"kv_compression": {"ratio": 2, "blocks": [7]}}, "blocks [7] do not exist"),
     ({"kv_compression": {"ratio": 2, "mode": "ave"}}, "kv_compression"),
+    ({"text_conditioning": "cross", "text_encoder": "causal", "text_refiner": "collaborative"},
+     '"collaborative" refines the features of two text encoders'),
+    ({"text_refiner": "token"}, "[model] text_refiner: refines caption features"),
+    ({"text_conditioning": "cross", "text_encoder": "causal", "text_refiner": "llm"}, "[model] text_refiner: got 'llm'"),
+    ({"text_conditioning": "cross", "text_encoder": "hf"}, "[model] text_encoder_path: missing"),
+    ({"text_conditioning": "cross", "text_encoder": "hf", "text_encoder_path": "m"}, "[model] text_max_length: missing"),
+    ({"text_conditioning": "cross", "text_encoder": "causal", "text_encoder_path": "m"},
+     '[model] text_encoder_path: is only for text_encoder = "hf"'),
 ])
 def test_text_and_compression_keys_are_checked(model, problem):
     section = {"type": "dit", "input_size": 16, "patch_size": 4, "in_channels": 3, "hidden_size": 32, "depth": 2,

@@ -208,7 +208,7 @@ def test_pretraining_learns(tokenizer):
     ids, mask = tokenizer.encode(pretrain.heldout_captions(0, 256), max_length=40)
     targets = ids[:, 1:][mask[:, 1:]]
     most_common = targets.bincount().max().item() / len(targets)
-    assert pretrain.heldout_accuracy(encoder, n=256) > most_common + 0.2
+    assert pretrain.heldout_accuracy(encoder, recipe, n=256) > most_common + 0.2
 
 
 def test_cache(tokenizer, tmp_path, monkeypatch):
@@ -259,3 +259,18 @@ def test_learning_rate_schedule():
     assert factors[10 + 95] == pytest.approx(0.5)  # half-way through the cosine
     assert factors[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 189 / 190)))
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+
+
+def test_long_kinds_read_96_positions_and_learn_from_running_text(tmp_path, monkeypatch):
+    tokenizer = shapes_tokenizer()
+    assert pretrain.encoder_config("causal-long", tokenizer).max_length == 96
+    assert pretrain.encoder_config("bidirectional", tokenizer).max_length == 40
+    assert not pretrain.encoder_config("bidirectional-long", tokenizer).causal
+    texts = pretrain.training_captions(4, (0, 0, 0), captions_per_text=3, max_objects=4)
+    assert len(texts) == 4 and all(text.count(" . ") == 2 for text in texts)
+    # One caption per text and 3 objects are the default encoders' captions, unchanged.
+    assert pretrain.training_captions(4, (0, 0, 0)) == pretrain.training_captions(4, (0, 0, 0), 1, 3)
+    monkeypatch.setenv("MINIDIT_CACHE", str(tmp_path))
+    encoder = pretrained_encoder("causal-long", steps=1, progress=False)
+    assert encoder.config.max_length == 96 and encoder.config.causal
+    assert encoder.pretraining["path"].startswith(str(tmp_path / "text" / "causal-long-"))

@@ -157,3 +157,14 @@ steps = 2
     with pytest.raises(SystemExit):
         main(["train", str(config), "--steps", "1", "--out", str(tmp_path / "run2")])
     assert "is not a folder; download the model once" in capsys.readouterr().err
+
+
+def test_instruction_crop_with_a_hugging_face_tokenizer(transformers, hf_tokenizer):
+    from minidit.causal_bias import INSTRUCTION, encode_prompts
+
+    encoder = HFTextEncoder(tiny_model(transformers, "gpt2", len(hf_tokenizer)), hf_tokenizer, max_length=32)
+    prompts = TEXTS[:2]
+    features, mask = encode_prompts(encoder, prompts, instruction=INSTRUCTION)
+    plain, plain_mask = encode_prompts(encoder, prompts)
+    assert torch.equal(mask, plain_mask[:, 1:])  # the prompt's words and [EOS]; [BOS] went with the instruction
+    assert (features - plain[:, 1:])[mask].abs().max() > 1e-4  # read with the instruction in context

@@ -3,7 +3,7 @@
 ``tokenizer`` (word level with a byte fallback), ``encoder`` (the transformer and its per-layer features),
 ``pretrain`` (masked-token / next-token pretraining, cached on disk), ``conditioning`` (pooling, the null caption
 and ``TextToImage``, a frozen encoder in front of a denoiser), ``hf`` (``transformers`` models behind the
-same interface, imported lazily). Used by notebooks/05_text_conditioning.ipynb.
+same interface, imported lazily). Used by notebooks/05_text_conditioning.ipynb to 08_llm_text_encoders.ipynb.
 """
 from minidit.text.conditioning import CaptionEmbedder, TextToImage, build_text_encoder, masked_mean
 from minidit.text.encoder import TextEncoder, TextEncoderConfig

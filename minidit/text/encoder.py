@@ -9,7 +9,7 @@ token's features. LI-DiT (arXiv 2406.11831; ``../shared/notes/papers.md`` Sec. 6
 condition a diffusion model worse than an encoder's: they are trained to predict a continuation, and a word cannot
 see the words after it. PixArt-Sigma and SD3 (papers.md Sec. 3, 5) use T5's encoder; Lumina-T2X (Sec. 4) an LLM's
 second-to-last layer, hence ``layer``. Pretraining and the disk cache: ``minidit.text.pretrain``.
-Used by notebooks/05_text_conditioning.ipynb (and 08 later).
+Used by notebooks/05_text_conditioning.ipynb and 08_llm_text_encoders.ipynb.
 
 Example:
     >>> tokenizer = shapes_tokenizer()

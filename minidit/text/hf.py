@@ -6,7 +6,7 @@ gives the features of any hidden state (``output_hidden_states``; Lumina reads t
 third-to-last) with the same ``encode / pooled / tokenize / forward / dim / tokenizer / config.max_length`` as
 ``minidit.text.TextEncoder``, so ``minidit.text.conditioning.TextToImage`` takes either.
 ``transformers`` is imported only when needed: ``pip install minidit[hub]``. Used by
-notebooks/05_text_conditioning.ipynb (and 08 later).
+notebooks/05_text_conditioning.ipynb and configs/shapes_t2i_llm_hf.toml (a local LM with LI-DiT's refiner).
 
 Example:
     >>> encoder = HFTextEncoder.from_pretrained("google/t5-v1_1-small", max_length=64)   # downloads once
@@ -87,7 +87,8 @@ class HFTokenizer:
         unknown = self.hf_tokenizer.unk_token_id
         if unknown is None:
             return []
-        return [word for word in text.split() if unknown in self.hf_tokenizer(word, add_special_tokens=False)["input_ids"]]
+        return [word for word in text.split()
+                if unknown in self.hf_tokenizer(word, add_special_tokens=False)["input_ids"]]
 
     def count(self, text: str) -> int:
         """Tokens of ``text``, the special tokens the tokenizer adds included."""

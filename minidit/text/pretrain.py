@@ -14,7 +14,7 @@ A trained encoder is saved atomically (``minidit.checkpoint.save_checkpoint``) t
 ``<cache>/text/<kind>-<hash16>.pt``, where ``<cache>`` is ``cache_dir``, ``$MINIDIT_CACHE`` or ``~/.cache/minidit``
 and the hash is the SHA-256 of the config, the recipe, the vocabulary and ``VERSION``; any change to these trains a
 new file. A cache file that cannot be read or does not match is **trained again with a warning** (it is a cache:
-rebuilding is always correct). Used by notebooks/05_text_conditioning.ipynb (and 08 later).
+rebuilding is always correct). Used by notebooks/05_text_conditioning.ipynb and 08_llm_text_encoders.ipynb.
 
 Measured at ``FULL_STEPS`` (250 steps of 64 captions, default size) on 2 CPU cores shared with other jobs: held-out
 next-token accuracy 0.500 (causal) and masked-token accuracy 0.352 (bidirectional); on the colour, size and shape
@@ -96,7 +96,8 @@ def training_captions(batch_size: int, seed: tuple[int, ...], captions_per_text:
     return [" . ".join(captions[i : i + captions_per_text]) for i in range(0, len(captions), captions_per_text)]
 
 
-def heldout_captions(seed: int, n: int = HELDOUT_CAPTIONS, captions_per_text: int = 1, max_objects: int = 3) -> list[str]:
+def heldout_captions(seed: int, n: int = HELDOUT_CAPTIONS, captions_per_text: int = 1,
+                     max_objects: int = 3) -> list[str]:
     """Texts from a seed stream that training never draws (training uses ``(seed, 0, step)``)."""
     return training_captions(n, (seed, 1), captions_per_text, max_objects)
 
@@ -172,7 +173,8 @@ def train_text_encoder(config: TextEncoderConfig, recipe: PretrainRecipe, tokeni
     encoder.train()
     bar = tqdm(range(recipe.steps), desc=f"pretraining the {kind} text encoder", disable=not progress)
     for step in bar:
-        texts = training_captions(recipe.batch_size, (recipe.seed, 0, step), recipe.captions_per_text, recipe.max_objects)
+        seed = (recipe.seed, 0, step)
+        texts = training_captions(recipe.batch_size, seed, recipe.captions_per_text, recipe.max_objects)
         ids, mask = encoder.tokenize(texts, truncation="cut")
         loss, accuracy = pretraining_loss(encoder, ids, mask, generator, recipe.mask_prob)
         optimizer.zero_grad(set_to_none=True)
