@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/kv_compression.py
 	$(BIN)/python bench/refiner.py
+	$(BIN)/python bench/frames.py
 
 # Full runs of every lecture (about 40 minutes on 2 CPU cores): claims, verdicts, run times and figures into
 # notebooks/reference/, which the quick runs and the book show next to their own numbers. NOTEBOOKS=... for some.

@@ -83,8 +83,9 @@ class SelfAttention(nn.Module):
             q, k = self.qk_norm(q, k)
         if self.rope is not None:
             if grid_shape is None:
-                raise ValueError("this attention uses RoPE: pass grid_shape, the token grid (h, w) or (h, w, t)")
-            angles = self.rope(grid_shape, device=x.device)  # (T, Dh // 2)
+                raise ValueError("this attention uses RoPE: pass grid_shape, the token grid (h, w) or the positions "
+                                 "(N, T, 3) of packed frames")
+            angles = self.rope(grid_shape, device=x.device)  # (T, Dh // 2), or (N, T, Dh // 2) for frames
             q, k = apply_rope(q, angles), apply_rope(k, angles)
         return q, k, v
 
@@ -106,7 +107,8 @@ class SelfAttention(nn.Module):
 
         Args:
             x: tokens, flattened row-major from a grid of shape ``grid_shape``.
-            grid_shape: token grid ``(h, w)`` or ``(h, w, t)``; required when RoPE is on.
+            grid_shape: token grid ``(h, w)``, or per-token positions ``(N, T, 3)`` of packed frames
+                (``minidit.frames``); required when RoPE is on.
             attn_mask: see ``attend``.
         """
         q, k, v = self.project(x, grid_shape)

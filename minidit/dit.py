@@ -10,8 +10,10 @@ Text enters through cross-attention from the image queries to caption tokens, un
 time embedding; PixArt-Sigma's KV token compression (``minidit.kv_compression``) shrinks the keys and values of
 chosen blocks. Both plug into the block's attention between ``SelfAttention.project`` and ``attend``. LI-DiT's
 language-token and collaborative refiners (``minidit.refiner``) refine the text features before they enter.
+With ``frames`` the same blocks read any modality as frames ``[H, W, T, C]`` (Lumina-T2X, ``minidit.frames``):
+patches packed with ``[nextline]`` / ``[nextframe]`` tokens and 3-D RoPE positions, mixed sizes padded and masked.
 Used by notebooks/03_dit_from_scratch.ipynb, 04_flag_dit.ipynb, 05_text_conditioning.ipynb, 07_kv_compression.ipynb
-and 08_llm_text_encoders.ipynb.
+08_llm_text_encoders.ipynb and 09_any_modality.ipynb.
 
 Example:
     >>> model = DiT.from_preset("DiT-S/2", style="Flag-DiT", input_size=16, in_channels=3, num_classes=10)
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from minidit.attention import SelfAttention, merge_heads
 from minidit.embeddings import timestep_embedding
+from minidit.frames import FrameLayout, FrameTokens, frame_layout, patchify_frames, unpatchify_frames
 from minidit.gating import CaptionPooling, GatedCrossAttention
 from minidit.kv_compression import KV_MODES, KVCompression
 from minidit.norms import NORMS, make_norm
@@ -90,6 +93,9 @@ class DiTConfig:
     ``"token"`` (LI-DiT's language-token refiner of ``refiner_depth`` blocks with ``refiner_heads`` heads, keeping
     the causal mask if ``refiner_causal``) or ``"collaborative"`` (two encoders: the text is two equal-length
     segments, see ``minidit.refiner``).
+
+    Frames: ``frames=True`` makes the model read ``(N, H, W, T, C)`` frames packed by ``minidit.frames`` (needs
+    ``rope=True`` for the 3-D positions, ``pos_embed="none"`` and no ``kv_compression``).
     """
 
     input_size: int = 32
@@ -120,6 +126,7 @@ class DiTConfig:
     refiner_depth: int = 2
     refiner_heads: int = 4
     refiner_causal: bool = False
+    frames: bool = False
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -151,6 +158,10 @@ class DiTConfig:
             if self.refiner_depth < 1 or self.text_dim % self.refiner_heads:
                 raise ValueError(f"the refiner needs refiner_depth >= 1 and text_dim ({self.text_dim}) divisible by "
                                  f"refiner_heads; got refiner_depth {self.refiner_depth}, refiner_heads {self.refiner_heads}")
+        if self.frames and (not self.rope or self.pos_embed != "none" or self.kv_compression is not None):
+            raise ValueError("frames = true places tokens by 3-D RoPE: set rope = true and pos_embed = 'none', and "
+                             f"leave kv_compression unset; got rope={self.rope}, pos_embed={self.pos_embed!r}, "
+                             f"kv_compression={self.kv_compression}")
 
     def compresses(self, block: int) -> bool:
         """Whether block ``block`` compresses its keys and values."""
@@ -351,6 +362,7 @@ class DiT(nn.Module):
         self.caption_pooling = CaptionPooling(config.text_dim, dim) if text and config.text_pooling else None
         self.text_refiner = make_refiner(config.text_refiner, config.text_dim, dim, config.refiner_depth,
                                          config.refiner_heads, config.refiner_causal)
+        self.frame_tokens = FrameTokens(dim) if config.frames else None
         self.blocks = nn.ModuleList([DiTBlock(config, self.rope, index) for index in range(config.depth)])
         self.final_layer = FinalLayer(config)
         self.initialize_weights()
@@ -366,16 +378,20 @@ class DiT(nn.Module):
             nn.init.zeros_(self.caption_pooling.linear.weight)  # the pooled caption starts switched off
         if self.text_refiner is not None:
             zero_gates(self.text_refiner)  # the refiner starts as the identity
+        if self.frame_tokens is not None:
+            nn.init.normal_(self.frame_tokens.nextline, std=0.02)
+            nn.init.normal_(self.frame_tokens.nextframe, std=0.02)
 
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None, text: Tensor | None = None,
-                     text_mask: Tensor | None = None) -> tuple[int, int]:
-        """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``.
+                     text_mask: Tensor | None = None) -> tuple[int, int] | None:
+        """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)`` (or
+        ``None`` for frames, whose layout ``frame_layout`` checks).
 
         The value checks ``0 <= t <= 1`` and ``0 <= y <= num_classes`` need a device sync, so they run eagerly
         but are skipped under ``torch.compile``.
         """
         cfg = self.config
-        check_image_and_time(x, t, cfg.in_channels)
+        check_image_and_time(x, t, cfg.in_channels, frames=cfg.frames)
         if self.y_embedder is None and y is not None:
             raise ValueError("this model is unconditional (num_classes=0); call it without y")
         if self.y_embedder is not None:
@@ -396,22 +412,59 @@ class DiT(nn.Module):
                              "build it with text_conditioning = 'cross' or 'gated_cross'")
         if self.caption_embedder is not None:
             check_text(text, text_mask, x.shape[0], cfg.text_dim, text_segments(cfg.text_refiner))
+        if cfg.frames:
+            return None
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 
+    def frame_layout(self, x: Tensor, frame_sizes: Tensor | None) -> FrameLayout:
+        """The packed layout of frames ``x`` (N, H, W, T, C), each sample ``frame_sizes[i] = (H_i, W_i, T_i)`` in the
+        top-left-first corner of the padded tensor (``None``: every sample fills ``x``).
+
+        Raises:
+            ValueError: for sizes that are not ``(N, 3)`` integers, exceed ``x``, or are not multiples of ``patch_size``.
+        """
+        n, height, width, frames, _ = x.shape
+        p = self.config.patch_size
+        if frame_sizes is None:
+            sizes = [(height, width, frames)] * n
+        else:
+            if frame_sizes.shape != (n, 3) or frame_sizes.is_floating_point():
+                raise ValueError(f"frame_sizes must be integers of shape (N, 3) = ({n}, 3), one (H, W, T) per sample; "
+                                 f"got {frame_sizes.dtype} of shape {tuple(frame_sizes.shape)}")
+            sizes = [tuple(size) for size in frame_sizes.tolist()]
+        bad = [s for s in sizes if not (0 < s[0] <= height and 0 < s[1] <= width and 0 < s[2] <= frames)
+               or s[0] % p or s[1] % p]
+        if bad:
+            raise ValueError(f"frame_sizes {bad[:3]} do not fit x of size (H, W, T) = {(height, width, frames)}: each "
+                             f"(H, W, T) must be positive, at most x's, with H and W multiples of patch_size {p}")
+        return frame_layout([(s[2], s[0] // p, s[1] // p) for s in sizes], x.device, (frames, height // p, width // p))
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, force_drop: Tensor | None = None,
-                text: Tensor | None = None, text_mask: Tensor | None = None) -> Tensor:
+                text: Tensor | None = None, text_mask: Tensor | None = None,
+                frame_sizes: Tensor | None = None) -> Tensor:
         """Predict ``(N, out_channels, H, W)`` from noisy images ``x`` (N, C, H, W) at times ``t`` (N,).
 
         Args:
-            x: images or latents; ``H`` and ``W`` divisible by ``patch_size``.
+            x: images or latents; ``H`` and ``W`` divisible by ``patch_size``. A frames model (``config.frames``)
+                takes ``(N, H, W, T, C)`` and returns ``(N, H, W, T, out_channels)``.
             t: times in [0, 1], shape ``(N,)`` (t = 0 data, t = 1 noise).
             y: class labels ``(N,)`` long, required iff ``num_classes > 0``; label ``num_classes`` is the null label.
             force_drop: optional bool ``(N,)``; ``True`` replaces that sample's label (or caption) by the null one.
             text: caption features ``(N, L, text_dim)`` from a text encoder, required iff ``text_conditioning`` is set.
             text_mask: ``(N, L)`` bool, True for real tokens; padding never changes the output.
+            frame_sizes: frames models only: ``(N, 3)`` long, sample ``i`` is ``x[i, :H_i, :W_i, :T_i]`` for a batch of
+                mixed sizes padded to ``x``; the output is zero outside. ``None``: every sample fills ``x``.
         """
-        grid_shape = self.check_inputs(x, t, y, text, text_mask)
-        tokens = self.patch_embedder(patchify(x, self.config.patch_size))  # (N, T, D)
+        p = self.config.patch_size
+        grid_shape, attn_mask, layout = self.check_inputs(x, t, y, text, text_mask), None, None
+        if self.frame_tokens is not None:
+            layout = self.frame_layout(x, frame_sizes)
+            tokens = self.frame_tokens.pack(self.patch_embedder(patchify_frames(x, p)), layout)  # (N, L, D)
+            grid_shape, attn_mask = layout.positions, layout.attention_mask  # (N, L, 3), (N, 1, 1, L)
+        elif frame_sizes is not None:
+            raise ValueError("frame_sizes is for frames models (frames = true); call this image model without it")
+        else:
+            tokens = self.patch_embedder(patchify(x, p))  # (N, T, D)
         if self.pos_embed is not None:
             tokens = self.pos_embed(tokens, grid_shape)  # (N, T, D)
         c = self.t_embedder(t)  # (N, D)
@@ -426,11 +479,14 @@ class DiT(nn.Module):
                 c = c + self.caption_pooling(caption.pooled)  # (N, D)
         for block in self.blocks:
             if caption is None:
-                tokens = block(tokens, c, grid_shape)  # (N, T, D)
+                tokens = block(tokens, c, grid_shape, attn_mask)  # (N, T, D)
             else:
-                tokens = block(tokens, c, grid_shape, text=caption.tokens, text_mask=caption.mask)
+                tokens = block(tokens, c, grid_shape, attn_mask, text=caption.tokens, text_mask=caption.mask)
         out = self.final_layer(tokens, c)  # (N, T, p * p * out_channels)
-        return unpatchify(out, grid_shape, self.config.patch_size)  # (N, out_channels, H, W)
+        if layout is not None:
+            out = self.frame_tokens.unpack(out, layout)  # (N, t h w, p p C) on the padded grid
+            return unpatchify_frames(out, layout.padded_grid, p)  # (N, H, W, T, out_channels)
+        return unpatchify(out, grid_shape, p)  # (N, out_channels, H, W)
 
     @classmethod
     def from_preset(cls, name: str, style: str = "DiT", **overrides: Any) -> DiT:

@@ -30,10 +30,14 @@ def dataclass_from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**values)
 
 
-def check_image_and_time(x: Tensor, t: Tensor, in_channels: int) -> None:
-    """Raise a ``ValueError`` naming the problem unless ``x`` is ``(N, in_channels, H, W)`` and ``t`` a float
-    ``(N,)`` with values in [0, 1] (the value check needs a device sync, so it is skipped under ``torch.compile``)."""
-    if x.ndim != 4 or x.shape[1] != in_channels:
+def check_image_and_time(x: Tensor, t: Tensor, in_channels: int, frames: bool = False) -> None:
+    """Raise a ``ValueError`` naming the problem unless ``x`` is ``(N, in_channels, H, W)`` (with ``frames``:
+    ``(N, H, W, T, in_channels)``) and ``t`` a float ``(N,)`` with values in [0, 1] (the value check needs a device
+    sync, so it is skipped under ``torch.compile``)."""
+    if frames and (x.ndim != 5 or x.shape[-1] != in_channels):
+        raise ValueError(f"a frames model takes x of shape (N, H, W, T, {in_channels}); got {tuple(x.shape)}. An image "
+                         f"batch (N, {in_channels}, H, W) is x.permute(0, 2, 3, 1).unsqueeze(3)")
+    if not frames and (x.ndim != 4 or x.shape[1] != in_channels):
         raise ValueError(f"x must have shape (N, {in_channels}, H, W); got {tuple(x.shape)}")
     if t.shape != (x.shape[0],) or not torch.is_floating_point(t):
         raise ValueError(

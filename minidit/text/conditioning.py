@@ -189,8 +189,9 @@ class TextToImage(nn.Module):
         return ids.to(device), mask.to(device)
 
     def forward(self, x: Tensor, t: Tensor, text_ids: Tensor, text_mask: Tensor,
-                force_drop: Tensor | None = None) -> Tensor:
-        """Predict ``(N, C, H, W)`` from ``x`` (N, C, H, W), ``t`` (N,) and captions as ``text_ids`` / ``text_mask`` (N, L).
+                force_drop: Tensor | None = None, **denoiser_inputs: Tensor) -> Tensor:
+        """Predict ``(N, C, H, W)`` from ``x`` (N, C, H, W), ``t`` (N,) and captions as ``text_ids`` / ``text_mask`` (N, L);
+        ``denoiser_inputs`` go to the denoiser as they are (``frame_sizes`` of a frames DiT).
 
         The batch is cut to its longest caption first (padding never changes an output, and short captions in a
         long padded row would otherwise cost the encoder and the cross-attention their full length).
@@ -200,4 +201,4 @@ class TextToImage(nn.Module):
             text_ids, text_mask = text_ids[:, :length], text_mask[:, :length]
         with torch.no_grad():
             features = self.encoder(text_ids, text_mask, layer=self.layer)  # (N, L, Dt)
-        return self.denoiser(x, t, text=features, text_mask=text_mask, force_drop=force_drop)
+        return self.denoiser(x, t, text=features, text_mask=text_mask, force_drop=force_drop, **denoiser_inputs)
