@@ -8,7 +8,9 @@ grid helper of the library. The animations show particles moving along an interp
 (Sec. 2.4); they are GIFs (frames drawn by matplotlib with blitting, written by Pillow) returned as
 ``IPython.display.Image``, so executed notebooks and the HTML book contain them as ``image/gif``. ``slider`` is an ipywidgets slider in JupyterLab and a
 small-multiples figure in the book and CI.
-Used by ``minidit.train`` (training sample grids), ``python -m minidit sample``, ``minidit.demo`` and notebooks 01-04.
+``animate_clips`` plays frames ``(N, H, W, T, C)`` (videos, multi-view turns) as one GIF.
+Used by ``minidit.train`` (training sample grids), ``python -m minidit sample``, ``minidit.demo`` and notebooks 01-04
+and 09.
 
 Example:
     >>> fig = image_grid(samples, nrow=7, row_labels=SHAPES, col_labels=list(COLOURS), title="CFG 3")  # (35, 3, 16, 16)
@@ -298,22 +300,54 @@ def animate_denoising(
     if images.ndim != 5:
         raise ValueError(f"images must have shape (K, N, C, H, W): K states of N samples, got {tuple(images.shape)}")
     times = _check_times("images", times, images.shape[0])
+    return _animate_grids(images, [f"t = {t:.2f}" for t in times.tolist()], nrow, path, max_frames, fps, grid_kwargs)
+
+
+def animate_clips(
+    clips: Tensor,
+    nrow: int | None = None,
+    path: str | Path | None = None,
+    fps: int = 4,
+    **grid_kwargs: Any,
+) -> Any:
+    """Play clips (videos, multi-view turns) side by side: frame ``k`` is the grid of every clip's frame ``k``.
+
+    Args:
+        clips: ``(N, H, W, T, C)`` frames (``minidit.frames``' layout), values in ``value_range`` (default [-1, 1]).
+        nrow: clips per row.
+        path: also write the GIF there.
+        fps: frames per second.
+        **grid_kwargs: as ``animate_denoising``; the frame number is written below the grid.
+    Returns:
+        ``IPython.display.Image`` of the GIF.
+    """
+    if clips.ndim != 5:
+        raise ValueError(f"clips must have shape (N, H, W, T, C), got {tuple(clips.shape)}")
+    frames = clips.shape[3]
+    states = clips.permute(3, 0, 4, 1, 2)  # (T, N, C, H, W)
+    return _animate_grids(states, [f"frame {k + 1} / {frames}" for k in range(frames)], nrow, path, frames, fps,
+                          grid_kwargs)
+
+
+def _animate_grids(states: Tensor, captions: list[str], nrow: int | None, path: str | Path | None, max_frames: int,
+                   fps: int, grid_kwargs: dict[str, Any]) -> Any:
+    """Animate grids of ``states`` ``(K, N, C, H, W)`` with ``captions[k]`` written below grid ``k``."""
     pixels = [grid_pixels(frame, nrow, grid_kwargs.get("min_px", 64), grid_kwargs.get("gap", 2),
-                          grid_kwargs.get("value_range", (-1.0, 1.0))) for frame in images]
+                          grid_kwargs.get("value_range", (-1.0, 1.0))) for frame in states]
     height, width = pixels[0].shape[:2]
     fig = Figure(figsize=(width / 72, height / 72), dpi=72)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-    image_grid(images[0], nrow, ax=ax, **grid_kwargs)
-    clock = ax.text(0.5, -0.02, f"t = {times[-1].item():.2f}", transform=ax.transAxes, ha="center", va="top")
+    image_grid(states[0], nrow, ax=ax, **grid_kwargs)
+    clock = ax.text(0.5, -0.02, captions[-1], transform=ax.transAxes, ha="center", va="top")
     _fit_around(ax, width, height)
     shown = ax.images[0]
 
     def draw(index: list[int]) -> None:
         shown.set_data(pixels[index[0]])
-        clock.set_text(f"t = {times[index[0]].item():.2f}")
+        clock.set_text(captions[index[0]])
 
-    return _animate(fig, draw, [shown, clock], [len(times)], path, max_frames, fps)
+    return _animate(fig, draw, [shown, clock], [len(captions)], path, max_frames, fps)
 
 
 def slider(

@@ -18,6 +18,7 @@ from minidit.course.__main__ import main
 from minidit.course.book import build_book, load_book, missing_notebooks, outline, unlisted_notebooks
 from minidit.course.checks import euler_maruyama_step
 from minidit.course.exercises import exercise_notebook, exercise_source, outdated_exercises, require_nbformat
+from minidit.frames import NEXTFRAME, NEXTLINE, PATCH, frame_layout
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -309,6 +310,44 @@ def _hits_by_position_counting_the_cell(reports):
     return {key: torch.tensor(values) for key, values in table.items()}
 
 
+def _sequence_kinds_without_last_nextframe(t, h, w):
+    """A [nextframe] between frames only, as a separator, none after the last frame."""
+    return CHECKS["sequence_kinds"].reference(t, h, w)[:-1]
+
+
+def _sequence_kinds_without_last_nextline(t, h, w):
+    """A [nextline] between the rows of a frame only, none after its last row."""
+    kinds = []
+    for _ in range(t):
+        for row in range(h):
+            kinds += [PATCH] * w + ([NEXTLINE] if row < h - 1 else [])
+        kinds.append(NEXTFRAME)
+    return torch.tensor(kinds)
+
+
+def _sequence_kinds_frames_and_rows_swapped(t, h, w):
+    """The loop over rows outside the loop over frames: h frames of t rows."""
+    return CHECKS["sequence_kinds"].reference(h, t, w)
+
+
+def _token_positions_moved(kind, axis, offset):
+    """The reference positions with coordinate ``axis`` of every token of ``kind`` moved by ``offset``."""
+    def positions(t, h, w):
+        layout = frame_layout([(t, h, w)])
+        moved = layout.positions[0].clone()  # (L, 3)
+        moved[layout.kinds[0] == kind, axis] += offset
+        return moved
+
+    return positions
+
+
+def _pack_column_major(patches, nextline, nextframe, t, h, w):
+    """Each frame's patches read column by column instead of row by row."""
+    n, _, d = patches.shape
+    columns = patches.reshape(n, t, h, w, d).transpose(2, 3).reshape(n, t * h * w, d)  # (N, P, D), column-major
+    return CHECKS["pack"].reference(columns, nextline, nextframe, t, h, w)
+
+
 # One typical learner mistake per check; a new check must add its own (see test_every_check_has_a_typical_mistake).
 MISTAKES = {
     "interpolant": lambda name, t: tuple(c if i < 3 else -c  # d_sigma with the wrong sign
@@ -345,6 +384,9 @@ MISTAKES = {
     "refiner_block": _refiner_block_with_sigmoid_gates,
     "hits_by_position": _hits_by_position_counting_the_cell,
     "first_minus_last": lambda hits: torch.cat([hits[k, 0] - hits[k, 1] for k in sorted({k for k, _ in hits if k > 1})]),  # second, not last
+    "sequence_kinds": _sequence_kinds_without_last_nextframe,
+    "token_positions": lambda t, h, w: CHECKS["token_positions"].reference(t, h, w)[:, [1, 2, 0]],  # (h, w, t) order
+    "pack": _pack_column_major,
 }
 
 
@@ -367,6 +409,38 @@ def test_each_check_catches_a_small_perturbation(name):
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_each_check_catches_a_typical_mistake(name):
     assert check(name, MISTAKES[name]).status == "fail"
+
+
+FRAMES_MISTAKES = [  # the typical mistakes of exercise 15, each of which its check must catch
+    ("sequence_kinds", _sequence_kinds_without_last_nextframe, "no [nextframe] after the last frame"),
+    ("sequence_kinds", _sequence_kinds_without_last_nextline, "no [nextline] after a frame's last row"),
+    ("sequence_kinds", _sequence_kinds_frames_and_rows_swapped, "frames and rows swapped"),
+    ("token_positions", lambda t, h, w: CHECKS["token_positions"].reference(t, h, w)[:, [1, 2, 0]], "(h, w, t) order"),
+    ("token_positions", _token_positions_moved(NEXTLINE, 2, -1.0), "[nextline] at column w - 1"),
+    ("token_positions", _token_positions_moved(NEXTFRAME, 1, -1.0), "[nextframe] at row h - 1"),
+    ("pack", _pack_column_major, "patches read column by column"),
+    ("pack", lambda patches, nextline, nextframe, t, h, w: CHECKS["pack"].reference(patches, nextframe, nextline, t, h, w),
+     "[nextline] and [nextframe] swapped"),
+]
+
+
+@pytest.mark.parametrize("name, mistake, description", FRAMES_MISTAKES, ids=[m[2] for m in FRAMES_MISTAKES])
+def test_frames_checks_catch_each_typical_mistake(name, mistake, description):
+    result = check(name, mistake)
+    assert result.status == "fail" and "hint:" in result.message
+
+
+def test_frames_reference_matches_the_documented_layout_by_hand():
+    kinds = CHECKS["sequence_kinds"].reference(2, 1, 2).tolist()
+    positions = CHECKS["token_positions"].reference(2, 1, 2).tolist()
+    assert kinds == [PATCH, PATCH, NEXTLINE, NEXTFRAME] * 2
+    assert positions == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [1, 0, 0], [1, 0, 1], [1, 0, 2], [1, 1, 0]]
+    patches, nextline, nextframe = torch.arange(4.0).reshape(1, 4, 1), torch.tensor([10.0]), torch.tensor([20.0])
+    packed = CHECKS["pack"].reference(patches, nextline, nextframe, 2, 1, 2)
+    assert packed.flatten().tolist() == [0, 1, 10, 20, 2, 3, 10, 20]
+    state = torch.get_rng_state()  # pack's reference builds a FrameTokens but leaves the global generator alone
+    CHECKS["pack"].reference(patches, nextline, nextframe, 2, 1, 2)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
@@ -495,6 +569,20 @@ def joint_attention(x, context, text_mask, image_qkv_weight, image_qkv_bias, tex
     logits = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~joint_key_mask(x.shape[1], text_mask), float("-inf"))
     out = (logits.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
     return out[:, : x.shape[1]], out[:, x.shape[1]:]
+""",
+    ("pack", "sequence_kinds"): """
+from minidit.frames import NEXTFRAME, NEXTLINE, PATCH
+
+def sequence_kinds(t, h, w):
+    return torch.tensor(([PATCH] * w + [NEXTLINE]) * h * t)  # forgets the [nextframe] after every frame
+
+def pack(patches, nextline, nextframe, t, h, w):
+    kinds = torch.as_tensor(sequence_kinds(t, h, w))
+    packed = patches.new_zeros(patches.shape[0], len(kinds), patches.shape[-1])
+    packed[:, kinds == PATCH] = patches
+    packed[:, kinds == NEXTLINE] = nextline
+    packed[:, kinds == NEXTFRAME] = nextframe
+    return packed
 """,
     ("refiner_block", "refiner_mask"): """
 def refiner_mask(mask, causal):

@@ -274,3 +274,23 @@ def test_long_kinds_read_96_positions_and_learn_from_running_text(tmp_path, monk
     encoder = pretrained_encoder("causal-long", steps=1, progress=False)
     assert encoder.config.max_length == 96 and encoder.config.causal
     assert encoder.pretraining["path"].startswith(str(tmp_path / "text" / "causal-long-"))
+
+
+@pytest.mark.parametrize("train_encoder", [False, True])
+def test_text_to_image_trains_its_encoder_only_when_asked(train_encoder):
+    from minidit.dit import DiT, DiTConfig
+    from minidit.text import TextToImage
+
+    tokenizer = shapes_tokenizer()
+    encoder = TextEncoder(TextEncoderConfig(tokenizer.vocab_size, dim=16, depth=1, num_heads=2), tokenizer)
+    denoiser = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=16, depth=1, num_heads=2,
+                             num_classes=0, text_conditioning="cross", text_dim=16))
+    for module in denoiser.modules():  # open the zero-initialised paths so the loss reaches the text
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.1)
+    model = TextToImage(encoder, denoiser, train_encoder=train_encoder).train()
+    ids, mask = model.encode_prompts(["a red circle at the top left", "a blue square at the center"])
+    model(torch.randn(2, 3, 8, 8), torch.rand(2), ids, mask).square().sum().backward()
+    grads = [p.grad for p in encoder.token_embedding.parameters()]
+    assert encoder.training == train_encoder
+    assert all(g is not None and g.abs().sum() > 0 for g in grads) if train_encoder else all(g is None for g in grads)

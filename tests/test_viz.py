@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minidit.viz import (GAP_COLOUR, animate_denoising, animate_particles_1d, animate_particles_2d,
+from minidit.viz import (GAP_COLOUR, animate_clips, animate_denoising, animate_particles_1d, animate_particles_2d,
                          animate_trajectories, grid_pixels, image_grid, save_grid, slider, static_mode, upscale_factor)
 
 
@@ -166,6 +166,21 @@ def test_denoising_frames_follow_the_states_in_order():
     grey = [frame[y, x, 0] for frame in frames]
     expected = ((levels[shown] + 1) * 127.5).round()
     assert np.abs(np.array(grey) - expected.numpy()).max() <= 4  # 64-colour GIF palette
+
+
+def test_clip_frames_play_in_order(tmp_path):
+    frames = 6
+    levels = torch.linspace(-1, 1, frames)  # frame k of every clip: a uniform grey
+    clips = levels[None, None, None, :, None].expand(3, 8, 8, frames, 3)  # (N, H, W, T, C)
+    image = animate_clips(clips, nrow=3, path=tmp_path / "clips.gif")
+    shown, _ = gif_frames(image)
+    assert len(shown) == frames and (tmp_path / "clips.gif").read_bytes() == image.data
+    ys, xs = np.nonzero((shown[0] != shown[-1]).all(-1))
+    y, x = int(np.percentile(ys, 25)), int(np.percentile(xs, 25))
+    expected = ((levels + 1) * 127.5).round().numpy()
+    assert np.abs(np.array([frame[y, x, 0] for frame in shown]) - expected).max() <= 4
+    with pytest.raises(ValueError, match=r"\(N, H, W, T, C\)"):
+        animate_clips(torch.zeros(3, 8, 8, 3))
 
 
 def test_animation_inputs_are_checked():

@@ -7,7 +7,8 @@ It stands in for the captioned image sets of DiT (arXiv 2212.09748, Sec. 4: clas
 SD3 / PixArt-Sigma (arXiv 2403.03206, 2403.04692: text-conditional), at CPU scale.
 Used by notebooks/03_dit_from_scratch.ipynb and configs/shapes_dit_tiny.toml; with varied captions
 (``minidit.data.captions``), count scenes and held-out (shape, colour) pairs, by the text-to-image notebooks
-05_text_conditioning.ipynb, 06_mmdit.ipynb and 07_kv_compression.ipynb and configs/shapes_t2i_*.toml.
+05_text_conditioning.ipynb, 06_mmdit.ipynb and 07_kv_compression.ipynb and configs/shapes_t2i_*.toml;
+``render_objects`` (shapes at any centre and size) draws the clips of ``minidit.data.video`` (notebook 09).
 
 Rendering is anti-aliased from signed distances: a pixel with centre at distance ``d`` (in pixels, negative
 inside) from a shape's edge gets coverage ``clamp(0.5 - d, 0, 1)``, the exact covered fraction for a
@@ -175,8 +176,55 @@ def _signed_distance(shape: str, dx: Tensor, dy: Tensor, half_width: Tensor) -> 
     return torch.minimum(torch.maximum(ax - r, ay - arm), torch.maximum(ax - arm, ay - r))
 
 
+def render_objects(
+    num_images: int,
+    resolution: int,
+    image_index: Sequence[int],
+    centre_x: Sequence[float],
+    centre_y: Sequence[float],
+    half_width: Sequence[float],
+    shapes: Sequence[str],
+    colours: Sequence[str],
+) -> Tensor:
+    """Render ``K`` objects at any centres and sizes onto ``num_images`` black images, anti-aliased.
+
+    Pixel ``i`` spans ``[i, i + 1]``, so its centre is at ``i + 0.5``; overlapping objects add up and are clipped.
+
+    Args:
+        num_images: ``N``, the number of images.
+        resolution: image side ``H = W`` in pixels, from 16 to 256.
+        image_index: the image of each of the ``K`` objects, in ``[0, N)``.
+        centre_x, centre_y: each object's centre in pixels from the left and from the top edge.
+        half_width: half of each object's width in pixels.
+        shapes, colours: each object's name in ``SHAPES`` and in ``COLOURS``.
+    Returns:
+        images ``(N, 3, H, W)`` in ``[-1, 1]`` (background ``-1``), float32.
+    """
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]; got {resolution}")
+    columns = (image_index, centre_x, centre_y, half_width, shapes, colours)
+    if len({len(column) for column in columns}) != 1:
+        raise ValueError(f"give one value per object in every argument; got lengths {[len(c) for c in columns]}")
+    canvas = torch.zeros(num_images, 3, resolution, resolution)
+    if len(shapes):
+        pixel_centres = torch.arange(resolution, dtype=torch.float32) + 0.5
+        dx = pixel_centres.view(1, 1, -1) - torch.tensor(centre_x).view(-1, 1, 1)  # (K, 1, W)
+        dy = pixel_centres.view(1, -1, 1) - torch.tensor(centre_y).view(-1, 1, 1)  # (K, H, 1)
+        dx, dy = torch.broadcast_tensors(dx, dy)  # (K, H, W)
+        half_width = torch.tensor(half_width).view(-1, 1, 1)  # (K, 1, 1)
+        distance = torch.empty_like(dx)
+        for shape in SHAPES:
+            chosen = torch.tensor([s == shape for s in shapes])
+            if chosen.any():
+                distance[chosen] = _signed_distance(shape, dx[chosen], dy[chosen], half_width[chosen])
+        coverage = (0.5 - distance).clamp(0, 1)  # (K, H, W)
+        colour = torch.tensor([COLOURS[c] for c in colours])  # (K, 3)
+        canvas.index_add_(0, torch.tensor(image_index), coverage[:, None] * colour[:, :, None, None])  # (N, 3, H, W)
+    return canvas.clamp(0, 1) * 2 - 1
+
+
 def render(scenes: Sequence[Scene], resolution: int = 32) -> Tensor:
-    """Render scenes anti-aliased on a black background.
+    """Render scenes anti-aliased on a black background, each object centred in its grid cell.
 
     Args:
         scenes: ``N`` scenes.
@@ -184,29 +232,18 @@ def render(scenes: Sequence[Scene], resolution: int = 32) -> Tensor:
     Returns:
         images ``(N, 3, H, W)`` in ``[-1, 1]`` (background ``-1``), float32.
     """
-    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
-        raise ValueError(f"resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]; got {resolution}")
     objects = [(i, o) for i, scene in enumerate(scenes) for o in scene.objects]
-    canvas = torch.zeros(len(scenes), 3, resolution, resolution)
-    if objects:
-        cell = resolution / 3
-        image_index = torch.tensor([i for i, _ in objects])
-        centre_x = torch.tensor([(o.col + 0.5) * cell for _, o in objects]).view(-1, 1, 1)  # (K, 1, 1)
-        centre_y = torch.tensor([(o.row + 0.5) * cell for _, o in objects]).view(-1, 1, 1)
-        half_width = torch.tensor([SIZES[o.size] * cell / 2 for _, o in objects]).view(-1, 1, 1)
-        pixel_centres = torch.arange(resolution, dtype=torch.float32) + 0.5
-        dx = pixel_centres.view(1, 1, -1) - centre_x  # (K, 1, W)
-        dy = pixel_centres.view(1, -1, 1) - centre_y  # (K, H, 1)
-        dx, dy = torch.broadcast_tensors(dx, dy)  # (K, H, W)
-        distance = torch.empty_like(dx)
-        for shape in SHAPES:
-            chosen = torch.tensor([o.shape == shape for _, o in objects])
-            if chosen.any():
-                distance[chosen] = _signed_distance(shape, dx[chosen], dy[chosen], half_width[chosen])
-        coverage = (0.5 - distance).clamp(0, 1)  # (K, H, W)
-        colour = torch.tensor([COLOURS[o.colour] for _, o in objects])  # (K, 3)
-        canvas.index_add_(0, image_index, coverage[:, None] * colour[:, :, None, None])  # (N, 3, H, W)
-    return canvas.clamp(0, 1) * 2 - 1
+    cell = resolution / 3
+    return render_objects(
+        len(scenes),
+        resolution,
+        image_index=[i for i, _ in objects],
+        centre_x=[(o.col + 0.5) * cell for _, o in objects],
+        centre_y=[(o.row + 0.5) * cell for _, o in objects],
+        half_width=[SIZES[o.size] * cell / 2 for _, o in objects],
+        shapes=[o.shape for _, o in objects],
+        colours=[o.colour for _, o in objects],
+    )
 
 
 def caption(scene: Scene) -> str:

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -148,21 +149,26 @@ class TextToImage(nn.Module):
     ``model(x, t, text_ids, text_mask)`` encodes the token ids without gradients (features of encoder layer
     ``layer``) and calls ``denoiser(x, t, text=features, text_mask=text_mask, force_drop=force_drop)``. The encoder
     stays in eval mode and frozen; its weights are part of the state dict, so a checkpoint is self-contained.
+    With ``train_encoder=True`` the encoder instead trains with the denoiser (from scratch, for captions that no
+    pretrained encoder knows: the video, multi-view and audio words of notebooks/09_any_modality.ipynb).
 
     Args:
         encoder: a ``minidit.text.TextEncoder`` (or an adapter with ``forward(ids, mask, layer)``, ``tokenizer``, ``dim``).
         denoiser: a DiT or MM-DiT built with ``text_dim == encoder.dim``.
         layer: which hidden state of the encoder to use (-1 the last, -2 the second to last, ...).
         text_length: the token length prompts are padded to (default: the encoder's ``config.max_length``).
+        train_encoder: train the encoder with the denoiser instead of freezing it.
     """
 
-    def __init__(self, encoder: nn.Module, denoiser: nn.Module, layer: int = -1, text_length: int | None = None):
+    def __init__(self, encoder: nn.Module, denoiser: nn.Module, layer: int = -1, text_length: int | None = None,
+                 train_encoder: bool = False):
         super().__init__()
         text_dim = denoiser.config.text_dim
         if text_dim != encoder.dim:
             raise ValueError(f"the denoiser's text_dim is {text_dim} but the encoder's features have width "
                              f"{encoder.dim}; build the denoiser with text_dim = {encoder.dim}")
-        self.encoder = encoder.eval().requires_grad_(False)
+        self.train_encoder = train_encoder
+        self.encoder = encoder if train_encoder else encoder.eval().requires_grad_(False)
         self.denoiser = denoiser
         self.layer = layer
         self.text_length = text_length or encoder.config.max_length
@@ -173,9 +179,10 @@ class TextToImage(nn.Module):
         return self.denoiser.config
 
     def train(self, mode: bool = True) -> TextToImage:
-        """Set the denoiser's mode; the frozen encoder always stays in eval mode."""
+        """Set the denoiser's mode; a frozen encoder always stays in eval mode."""
         super().train(mode)
-        self.encoder.eval()
+        if not self.train_encoder:
+            self.encoder.eval()
         return self
 
     def encode_prompts(self, prompts: Sequence[str], truncation: str = "error") -> tuple[Tensor, Tensor]:
@@ -199,6 +206,6 @@ class TextToImage(nn.Module):
         if not torch.compiler.is_compiling():
             length = int(text_mask.any(dim=0).nonzero().max()) + 1  # up to the last real token of any caption
             text_ids, text_mask = text_ids[:, :length], text_mask[:, :length]
-        with torch.no_grad():
+        with nullcontext() if self.train_encoder else torch.no_grad():
             features = self.encoder(text_ids, text_mask, layer=self.layer)  # (N, L, Dt)
         return self.denoiser(x, t, text=features, text_mask=text_mask, force_drop=force_drop, **denoiser_inputs)
