@@ -38,13 +38,15 @@ def sincos_1d(dim: int, positions: Tensor) -> Tensor:
 
 
 def sincos_2d(dim: int, grid_shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
-    """Fixed 2-D table: the first ``dim / 2`` channels encode the row, the rest the column.
+    """Fixed 2-D table in the layout of the official DiT and MAE: the first ``dim / 2`` channels encode the
+    **column** (w), the rest the row (h), so official checkpoints and their tables line up channel for channel
+    (facebookresearch/DiT ``get_2d_sincos_pos_embed``, whose meshgrid puts w first).
 
     Args:
         dim: embedding width, divisible by 4.
         grid_shape: ``(h, w)`` token grid; tokens are flattened row-major like ``patchify``.
     Returns:
-        Shape ``(h * w, dim)``.
+        Shape ``(h * w, dim)``: token ``r * w + c`` is ``[sincos_1d(c), sincos_1d(r)]``.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4; got {dim}")
@@ -52,7 +54,7 @@ def sincos_2d(dim: int, grid_shape: Sequence[int], device: torch.device | str | 
     rows, cols = torch.meshgrid(
         torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
     )  # (h, w) each
-    return torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, cols.flatten())], dim=-1)
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
 
 
 def interpolate_pos_embed(table: Tensor, grid_shape: Sequence[int], mode: str = "bicubic") -> Tensor:

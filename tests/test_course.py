@@ -230,11 +230,11 @@ def _sliced_wasserstein_with_sqrt_inside(x, y, n_projections, generator):
 
 
 def _sincos_2d_rows_and_columns_swapped(dim, grid_shape):
-    """meshgrid with indexing="xy": the first half of the channels encodes the column instead of the row."""
+    """The row in the first half of the channels (minidit's layout before it adopted the official DiT / MAE one)."""
     from minidit.posembed import sincos_1d
 
     rows, columns = torch.meshgrid(torch.arange(grid_shape[0]), torch.arange(grid_shape[1]), indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, columns.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
+    return torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, columns.flatten())], dim=-1)
 
 
 def _sincos_1d_interleaved(dim, positions):
@@ -539,7 +539,7 @@ def sincos_1d(dim, positions):
 
 def sincos_2d(dim, grid_shape):
     rows, columns = torch.meshgrid(torch.arange(grid_shape[0]), torch.arange(grid_shape[1]), indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, columns.flatten())], dim=-1)
+    return torch.cat([sincos_1d(dim // 2, columns.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
 """,
     ("gated_cross_attention", "masked_attention"): """
 import math

@@ -1,6 +1,7 @@
 """Position embeddings: the sin-cos formula, identity interpolation, and the conv embedding's locality."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,9 +23,27 @@ def test_sincos_2d_matches_formula():
         for j in range(w):
             for k in range(quarter):
                 omega = 10000.0 ** (-k / quarter)
-                expected = [math.sin(i * omega), math.cos(i * omega), math.sin(j * omega), math.cos(j * omega)]
+                expected = [math.sin(j * omega), math.cos(j * omega), math.sin(i * omega), math.cos(i * omega)]
                 got = [table[i, j, k + block * quarter] for block in range(4)]
                 torch.testing.assert_close(torch.stack(got), torch.tensor(expected), rtol=1e-5, atol=1e-5)
+
+
+def official_dit_table(dim: int, grid_size: int) -> np.ndarray:
+    """The 2-D table as facebookresearch/DiT builds it (written from its algorithm): ``np.meshgrid(w, h)`` puts the
+    column coordinate first, each half is ``[sin, cos]`` of ``pos * 10000^(-i / (D / 4))``."""
+    grid = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))  # w first
+
+    def one_d(width: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(width // 2, dtype=np.float64) / (width / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+
+
+def test_sincos_2d_is_the_official_dit_table():
+    torch.testing.assert_close(sincos_2d(64, (8, 8)), torch.from_numpy(official_dit_table(64, 8)).float(),
+                               rtol=0, atol=1e-6)
 
 
 def test_sincos_on_larger_grid_extends_the_training_table():

@@ -326,9 +326,10 @@ register(Check(
     reference=_sincos_2d_reference,
     cases=_sincos_2d_cases,
     hints=(
-        "half of the channels encode the grid row with the 1-D table, the other half the column; tokens run row by row",
+        "half of the channels encode the grid column with the 1-D table, the other half the row (the official DiT "
+        "and MAE layout: the column comes first); tokens run row by row",
         "rows, columns = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij'), each (h, w), flattened row-major",
-        "torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, columns.flatten())], dim=-1), shape (h * w, dim)",
+        "torch.cat([sincos_1d(dim // 2, columns.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1), shape (h * w, dim)",
     ),
     helpers=("sincos_1d",),
 ))
