@@ -3,12 +3,17 @@
 ``train`` runs a TOML experiment (see minidit/config.py) with the flow-matching trainer, ``sample`` integrates
 a checkpoint's EMA velocity field from noise to data (SiT, arXiv 2401.08740, Sec. 2.4) into a PNG grid, with
 classifier-free guidance for class-conditional models (DiT, arXiv 2212.09748, Sec. 3.2) and text-to-image models
-(``--prompt`` / ``--prompts``, guided against the learned null caption), and ``demo`` runs the course demo. Used by the README, the Makefile (``make demo``) and notebooks/03_dit_from_scratch.ipynb.
+(``--prompt`` / ``--prompts``, guided against the learned null caption), and ``demo`` runs the course demo. A frames
+model (Lumina-T2X, arXiv 2405.05945: any modality as frames ``[H, W, T, C]``) samples clips of its prompts'
+modalities ("video: ..."): a PNG with a row per clip and its frames as columns, and a GIF of the clips next to it.
+Used by the README, the Makefile (``make demo``), notebooks/03_dit_from_scratch.ipynb and, through
+configs/frames_*.toml, notebooks/09_any_modality.ipynb.
 
 Example:
     $ python -m minidit train configs/toy_8gaussians.toml --steps 500 --out runs/toy
     $ python -m minidit sample runs/toy/checkpoint.pt --n 2000 --steps 50 --method heun --out toy.png
     $ python -m minidit sample runs/shapes_t2i_gated/checkpoint.pt --prompt "a small red circle at the top left" --cfg 4
+    $ python -m minidit sample runs/frames_video/checkpoint.pt --prompt "video: a small red circle moving right quickly"
 """
 from __future__ import annotations
 
@@ -26,11 +31,11 @@ import torch
 from minidit.checkpoint import CheckpointError, load_checkpoint
 from minidit.config import (build_data, build_model, check_data_fits_model, load_config, parse_config,
                             use_model_tokenizer)
-from minidit.generate import build_sample_fn, default_prompts, sample_images
+from minidit.generate import build_sample_fn, clips_to_images, default_prompts, prompt_frame_sizes, sample_images
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device
 from minidit.validation import InputError
-from minidit.viz import save_grid
+from minidit.viz import animate_clips, save_grid
 
 # Errors caused by what the user typed or pointed at: one line on stderr and exit code 2 (``--debug``: traceback).
 INPUT_ERRORS = (InputError, CheckpointError, OSError)
@@ -53,7 +58,7 @@ def train_command(args: argparse.Namespace) -> Path:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # model initialisation and dropout
-    model = build_model(experiment.model, experiment.source)
+    model = build_model(experiment.model, experiment.source, text_length=experiment.data.get("text_length"))
     data = build_data(experiment.data, experiment.source)
     use_model_tokenizer(model, data)
     check_data_fits_model(model, data, experiment)
@@ -69,7 +74,8 @@ def train_command(args: argparse.Namespace) -> Path:
 
 
 def sample_command(args: argparse.Namespace) -> Path:
-    """Sample the EMA model of checkpoint ``args.checkpoint`` into the PNG ``args.out``."""
+    """Sample the EMA model of checkpoint ``args.checkpoint`` into the PNG ``args.out`` (a frames model: a row per
+    clip, and the GIF of the clips next to it, ``args.out`` with the suffix ``.gif``)."""
     check_png_path(args.out)
     state = load_checkpoint(args.checkpoint)
     if not state["metadata"]:
@@ -86,15 +92,29 @@ def sample_command(args: argparse.Namespace) -> Path:
     )
     sample = experiment.sample
     device = resolve_device(experiment.train.device)
-    model = build_model(experiment.model, experiment.source, pretrained_text=False).to(device)  # weights: the checkpoint's
+    model = build_model(experiment.model, experiment.source, pretrained_text=False,  # weights: the checkpoint's
+                        text_length=experiment.data.get("text_length")).to(device)
     model.load_state_dict(state["ema"])
+    frames = experiment.model.get("frames", False)
     if "text_encoder" in experiment.model:
-        prompts = fit_prompts(prompts, model, args.truncate) if prompts else default_prompts(experiment, sample.n)
+        if prompts:
+            prompts = fit_prompts(prompts, model, args.truncate)
+        else:
+            prompts = default_prompts(experiment, sample.n)
     elif prompts:
         raise InputError(f"{args.checkpoint}: this model reads no text, so --prompt/--prompts cannot steer it; use a "
                          "text-to-image checkpoint (a config with text_encoder in [model])")
-    out = save_grid(sample_images(model, experiment.train, sample, device, prompts), args.out)
-    print(f"{sample.n} samples, {sample.steps} {sample.method} steps, cfg {sample.cfg}: {out}")
+    frame_sizes = prompt_frame_sizes(experiment, prompts) if frames else None
+    samples = sample_images(model, experiment.train, sample, device, prompts, frame_sizes)
+    if frame_sizes is None:
+        out = save_grid(samples, args.out)
+        print(f"{sample.n} samples, {sample.steps} {sample.method} steps, cfg {sample.cfg}: {out}")
+        return out
+    out = save_grid(clips_to_images(samples), args.out, nrow=samples.shape[3])  # a row per clip
+    gif = Path(args.out).with_suffix(".gif")
+    animate_clips(samples, path=gif)
+    print(f"{sample.n} clips {tuple(samples.shape[1:4])}, {sample.steps} {sample.method} steps, cfg {sample.cfg}: "
+          f"{out}, {gif}")
     return out
 
 
@@ -118,8 +138,9 @@ def read_prompts(args: argparse.Namespace) -> list[str] | None:
 
 
 def fit_prompts(prompts: list[str], model: torch.nn.Module, truncate: bool) -> list[str]:
-    """Check ``prompts`` against the model's tokenizer: warn (on stderr) about words it never saw in training,
-    and refuse a prompt longer than the model reads, or with ``truncate`` cut it and say what was cut.
+    """Check ``prompts`` against the model's tokenizer: warn (on stderr) about words it never saw in training
+    (outside its vocabulary), and refuse a prompt longer
+    than the model reads, or with ``truncate`` cut it and say what was cut.
 
     Raises:
         InputError: for a prompt longer than ``model.text_length`` tokens without ``truncate``.

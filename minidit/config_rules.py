@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 
+from minidit.data import multiview, video
+from minidit.data.modalities import MODALITIES
 from minidit.data.shapes import CAPTION_MODES, MAX_RESOLUTION, MIN_RESOLUTION, SPLITS
 from minidit.dit import PRESETS, STYLES, TEXT_CONDITIONINGS, check_kv_compression
 from minidit.refiner import REFINERS
-from minidit.interpolants import INTERPOLANTS
+from minidit.interpolants import DISCRETE_INTERPOLANTS, INTERPOLANTS
 from minidit.norms import NORMS
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS
 from minidit.samplers import ODE_METHODS
@@ -42,6 +44,10 @@ from minidit.train import PRECISIONS
 from minidit.weighting import PREDICTIONS, WEIGHTINGS, default_time_eps
 
 NO_FIT = object()  # what ``coerce`` returns for a value that does not fit the type
+# Tokens of the longest caption of any modality with its modality word, colon, [BOS] and [EOS]: "video: a large ..."
+# (a video caption takes 11 with [BOS] and [EOS]; tests/test_cli_frames.py enumerates every caption).
+LONGEST_FRAMES_CAPTION = 13
+SCRATCH_ENCODER_HEADS = 4  # attention heads of a text encoder trained from scratch (text_encoder = "scratch")
 DEVICES = "'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
 
 
@@ -148,7 +154,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "warmup_steps": integer(0),
         "grad_clip": number(0, note=" (the largest gradient norm; 0 turns clipping off, a negative one flips the gradients)"),
         "ema_decay": number(0, 1),
-        "interpolant": choice(INTERPOLANTS), "prediction": choice(PREDICTIONS), "weighting": choice(WEIGHTINGS),
+        "interpolant": choice({**INTERPOLANTS, **DISCRETE_INTERPOLANTS}), "prediction": choice(PREDICTIONS), "weighting": choice(WEIGHTINGS),
         "time_sampler": choice(TIME_SAMPLERS), "precision": choice(PRECISIONS),
         "time_eps": number(0, 0.5, open_high=True, note=" (t is drawn from [time_eps, 1 - time_eps])"),
         "seed": SEED,
@@ -173,7 +179,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "rope_theta": number(0, open_low=True), "ntk_scale": number(0, open_low=True, note=" (1 = no scaling)"),
         "frequency_embedding_size": integer(1),
         "text_conditioning": choice(TEXT_CONDITIONINGS), "text_dim": integer(1),
-        "caption_dropout": number(0, 1), "text_encoder": choice((*ENCODER_KINDS, "hf")),
+        "caption_dropout": number(0, 1), "text_encoder": choice((*ENCODER_KINDS, "hf", "scratch")),
+        "text_encoder_depth": integer(1, note=" (blocks of the text encoder trained from scratch)"),
         "text_encoder_path": Rule(lambda v: isinstance(v, str) and v.strip() != "",
                                   "the local folder of a Hugging Face model (config, weights and tokenizer files)"),
         "text_max_length": integer(3, note=" (tokens the Hugging Face encoder reads)"),
@@ -189,6 +196,10 @@ RULES: dict[str, dict[str, Rule]] = {
                         "batches": Rule(lambda v: len(v) > 0 and all(1 <= b <= 10 for b in v),
                                         "a non-empty list of batch numbers in [1, 10]")},
     "data.folder": {"root": ROOT, "resolution": integer(1), "seed": SEED},
+    "data.frames": {"resolution": integer(multiview.MIN_RESOLUTION, multiview.MAX_RESOLUTION),
+                    "video_frames": integer(video.MIN_FRAMES), "views": integer(1), "audio_frames": integer(1),
+                    "seed": SEED, "text_length": integer(LONGEST_FRAMES_CAPTION, note=" (the longest caption, "
+                                                         "'video: ', [BOS] and [EOS] included)")},
 }
 
 
@@ -262,6 +273,9 @@ def dit_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "num_heads", f"RoPE needs hidden_size / num_heads even and >= 4, got {hidden} / {heads}; use fewer heads"
     elif values["rope"] and values["ntk_scale"] != 1.0 and head_dim < 8:
         yield "ntk_scale", f"NTK scaling needs hidden_size / num_heads >= 8, got {head_dim}; use ntk_scale = 1.0"
+    if values["frames"] and (not values["rope"] or values["pos_embed"] != "none" or values["kv_compression"]):
+        yield "frames", ('places tokens by 3-D RoPE positions (t, h, w): set rope = true and pos_embed = "none", and '
+                         "leave kv_compression out")
     if values["pos_embed"] == "sincos" and hidden % 4:
         yield "hidden_size", f"{hidden} is not divisible by 4, which the 2-D sin-cos position table needs"
     if values.get("text_refiner") == "collaborative":
@@ -290,3 +304,20 @@ def shapes_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "min_objects", "is 0, but an empty scene has no caption; use min_objects >= 1 with captions"
     if values.get("split", "train") == "heldout" and not values.get("holdout", False):
         yield "split", '"heldout" needs holdout = true (the held-out pairs are only kept out with it)'
+
+
+def frames_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """``(key, problem)`` for the frames data (every key given or defaulted): known, distinct modalities, and a
+    video's frames must fit its resolution."""
+    modalities = values["modalities"]
+    unknown = [rule_problem(choice(MODALITIES), name) for name in modalities if name not in MODALITIES]
+    if unknown:
+        yield "modalities", unknown[0]
+    elif not modalities or len(set(modalities)) < len(modalities):
+        yield "modalities", (f"got {list(modalities)}; list each modality once, e.g. modalities = [\"video\"] or "
+                             + ", ".join(f'"{name}"' for name in MODALITIES).join("[]"))
+    elif "video" in modalities:
+        try:
+            video.centre_range(values["resolution"], values["video_frames"])
+        except ValueError as error:
+            yield "video_frames", f"is {values['video_frames']}, too many for the resolution: {error}"

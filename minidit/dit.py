@@ -8,7 +8,10 @@ and LI-DiT (conv position embedding; arXiv 2406.11831, Sec. 3.3) are config swit
 Text enters through cross-attention from the image queries to caption tokens, ungated (PixArt-alpha, arXiv
 2310.00426) or with Lumina's zero-initialised tanh gates (``minidit.gating``), plus the pooled caption added to the
 time embedding; PixArt-Sigma's KV token compression (``minidit.kv_compression``) shrinks the keys and values of
-chosen blocks. Both plug into the block's attention between ``SelfAttention.project`` and ``attend``. LI-DiT's
+chosen blocks. Both plug into the block's attention between ``SelfAttention.project`` and ``attend``. PixArt's own
+layout is two switches: adaLN-single (``adaln="single"``: one modulation MLP shared by all blocks plus a learned
+table per block; PixArt-alpha, Sec. 2.3) and cross-attention as a sub-layer of its own after self-attention
+(``cross_attention_layer``), so ``minidit.convert.pixart`` loads diffusers' PixArt weights into this model. LI-DiT's
 language-token and collaborative refiners (``minidit.refiner``) refine the text features before they enter.
 With ``frames`` the same blocks read any modality as frames ``[H, W, T, C]`` (Lumina-T2X, ``minidit.frames``):
 patches packed with ``[nextline]`` / ``[nextframe]`` tokens and 3-D RoPE positions, mixed sizes padded and masked.
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 from minidit.attention import SelfAttention, merge_heads
 from minidit.embeddings import timestep_embedding
 from minidit.frames import FrameLayout, FrameTokens, frame_layout, patchify_frames, unpatchify_frames
-from minidit.gating import CaptionPooling, GatedCrossAttention
+from minidit.gating import CaptionPooling, CrossAttentionLayer, GatedCrossAttention
 from minidit.kv_compression import KV_MODES, KVCompression
 from minidit.norms import NORMS, make_norm
 from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, make_pos_embed
@@ -42,6 +45,7 @@ from minidit.validation import check_choice, check_image_and_time, dataclass_fro
 
 TEXT_CONDITIONINGS = ("none", "cross", "gated_cross")
 KV_COMPRESSION_KEYS = ("ratio", "mode", "blocks")
+ADALN_KINDS = ("per_block", "single")
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -92,7 +96,13 @@ class DiTConfig:
     "average", "blocks": [indices]}`` (mode defaults to ``"conv"``, blocks to all). ``text_refiner`` is ``"none"``,
     ``"token"`` (LI-DiT's language-token refiner of ``refiner_depth`` blocks with ``refiner_heads`` heads, keeping
     the causal mask if ``refiner_causal``) or ``"collaborative"`` (two encoders: the text is two equal-length
-    segments, see ``minidit.refiner``).
+    segments, see ``minidit.refiner``). ``cross_attention_layer=True`` runs the cross-attention as PixArt does, a
+    sub-layer of its own after self-attention (own query and output projections, no caption norm) instead of a
+    branch that shares the self-attention's query and output projection.
+
+    Conditioning: ``adaln="per_block"`` gives each block its own modulation MLP (DiT's adaLN-Zero); ``"single"`` is
+    PixArt's adaLN-single: one MLP of the conditioning shared by every block plus a learned ``(6, D)`` table per
+    block, and the final layer's shift and scale are a learned ``(2, D)`` table plus the conditioning itself.
 
     Frames: ``frames=True`` makes the model read ``(N, H, W, T, C)`` frames packed by ``minidit.frames`` (needs
     ``rope=True`` for the 3-D positions, ``pos_embed="none"`` and no ``kv_compression``).
@@ -117,10 +127,12 @@ class DiTConfig:
     rope_theta: float = 10000.0
     ntk_scale: float = 1.0
     frequency_embedding_size: int = 256
+    adaln: str = "per_block"
     text_conditioning: str = "none"
     text_dim: int = 0
     caption_dropout: float = 0.1
     text_pooling: bool = True
+    cross_attention_layer: bool = False
     kv_compression: dict[str, Any] | None = None
     text_refiner: str = "none"
     refiner_depth: int = 2
@@ -143,6 +155,10 @@ class DiTConfig:
         if not 0.0 <= self.class_dropout <= 1.0:
             raise ValueError(f"class_dropout is a probability in [0, 1]; got {self.class_dropout}")
         check_choice("text_conditioning", self.text_conditioning, TEXT_CONDITIONINGS)
+        check_choice("adaln", self.adaln, ADALN_KINDS)
+        if self.cross_attention_layer and self.text_conditioning == "none":
+            raise ValueError("cross_attention_layer = true runs PixArt's cross-attention to the caption: set "
+                             "text_conditioning to 'cross' (or 'gated_cross') and text_dim")
         if self.text_conditioning != "none" and self.text_dim < 1:
             raise ValueError(f"text_conditioning = {self.text_conditioning!r} needs text_dim, the width of the text "
                              "encoder's features (e.g. text_dim = 128)")
@@ -246,6 +262,24 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(y)
 
 
+class ModulationTable(nn.Module):
+    """adaLN-single's per-layer part: a learned table of ``count`` rows (shift, scale, gate, ...) added to the shared
+    modulation (PixArt-alpha, arXiv 2310.00426, Sec. 2.3); zero-initialised by the model, like adaLN-Zero.
+
+    ``forward`` takes the shared ``(N, count * D)`` modulation, or the ``(N, D)`` conditioning itself (added to each
+    row, PixArt's final layer), and returns ``(N, count * D)``, laid out like a modulation MLP's output.
+    """
+
+    def __init__(self, dim: int, count: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(count, dim))  # (count, D)
+
+    def forward(self, c: Tensor) -> Tensor:
+        """``c`` (N, count * D) or (N, D) -> ``(N, count * D)``."""
+        n, d = c.shape[0], self.table.shape[1]
+        return (c.view(n, -1, d) + self.table).flatten(1)  # (N, count, D) -> (N, count * D)
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero conditioning, built from a ``DiTConfig``.
 
@@ -263,13 +297,20 @@ class DiTBlock(nn.Module):
             KVCompression(dim, config.kv_compression["ratio"], config.kv_compression["mode"])
             if config.compresses(index) else None
         )
+        text, gated = config.text_conditioning != "none", config.text_conditioning == "gated_cross"
         self.cross_attn = (
-            GatedCrossAttention(dim, config.num_heads, config.qk_norm, gated=config.text_conditioning == "gated_cross")
-            if config.text_conditioning != "none" else None
+            GatedCrossAttention(dim, config.num_heads, config.qk_norm, gated=gated)
+            if text and not config.cross_attention_layer else None
+        )
+        self.cross_attention_layer = (
+            CrossAttentionLayer(dim, config.num_heads, config.qk_norm, gated) if text and config.cross_attention_layer
+            else None
         )
         self.norm2 = make_norm(config.norm, dim, affine=False)
         self.mlp = transformer_mlp(dim, config.mlp_ratio)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised: identity block
+        self.modulation = (  # zero-initialised: identity block
+            ModulationTable(dim, 6) if config.adaln == "single" else nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        )
 
     def attention(self, x: Tensor, grid_shape: Sequence[int] | None, attn_mask: Tensor | None,
                   text: Tensor | None, text_mask: Tensor | None) -> Tensor:
@@ -286,24 +327,34 @@ class DiTBlock(nn.Module):
         self, x: Tensor, c: Tensor, grid_shape: Sequence[int] | None = None, attn_mask: Tensor | None = None,
         text: Tensor | None = None, text_mask: Tensor | None = None,
     ) -> Tensor:
-        """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) (and caption tokens ``text`` (N, L, D)) -> ``(N, T, D)``."""
+        """Tokens ``x`` (N, T, D) conditioned on ``c`` (N, D) (and caption tokens ``text`` (N, L, D)) -> ``(N, T, D)``.
+
+        With adaLN-single ``c`` is the shared modulation ``(N, 6 D)`` that the model computes once for all blocks.
+        """
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift_attn, scale_attn)
         attn_out = self.attention(h, grid_shape, attn_mask, text, text_mask)  # (N, T, D)
         x = torch.addcmul(x, gate_attn.unsqueeze(1), attn_out)  # x + gate * attn_out
+        if self.cross_attention_layer is not None:
+            x = x + self.cross_attention_layer(x, text, text_mask)  # PixArt: ungated, no norm before it
         mlp_out = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
         return torch.addcmul(x, gate_mlp.unsqueeze(1), mlp_out)  # x + gate * mlp_out
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated norm then a linear map from ``D`` to one patch of pixels, ``p * p * out_channels``."""
+    """adaLN-modulated norm then a linear map from ``D`` to one patch of pixels, ``p * p * out_channels``.
 
-    def __init__(self, config: DiTConfig):
+    ``adaln="single"``: shift and scale are PixArt's learned ``(2, D)`` table plus the conditioning, no MLP.
+    """
+
+    def __init__(self, config: DiTConfig, adaln: str = "per_block"):
         super().__init__()
         dim, p = config.hidden_size, config.patch_size
         self.norm = make_norm(config.norm, dim, affine=False)
         self.linear = nn.Linear(dim, p * p * config.out_channels)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.modulation = (
+            ModulationTable(dim, 2) if adaln == "single" else nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        )
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """``x`` (N, T, D), ``c`` (N, D) -> ``(N, T, p * p * out_channels)``."""
@@ -311,13 +362,13 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-def init_dit_weights(model: nn.Module, modulations: Sequence[nn.Sequential]) -> None:
+def init_dit_weights(model: nn.Module, modulations: Sequence[nn.Module]) -> None:
     """DiT's initialisation of a model with ``pos_embed``, ``t_embedder`` and ``final_layer`` (DiT, MM-DiT).
 
     Linear layers xavier-uniform with zero bias, a learned position table and the time MLP N(0, 0.02), and
-    adaLN-Zero: the last linear of every ``modulations`` and of the final layer's, and the final linear, set to 0,
-    so every block starts as the identity and the output is exactly zero. ``ConvPosEmbed`` keeps PyTorch's default
-    conv init; norms start at weight 1, bias 0.
+    adaLN-Zero: the last linear of every ``modulations`` and of the final layer's (or adaLN-single's tables), and
+    the final linear, set to 0, so every block starts as the identity and the output is exactly zero.
+    ``ConvPosEmbed`` keeps PyTorch's default conv init; norms start at weight 1, bias 0.
     """
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -328,9 +379,10 @@ def init_dit_weights(model: nn.Module, modulations: Sequence[nn.Sequential]) -> 
         nn.init.normal_(model.pos_embed.table, std=0.02)
     nn.init.normal_(model.t_embedder.mlp[0].weight, std=0.02)
     nn.init.normal_(model.t_embedder.mlp[2].weight, std=0.02)
-    for layer in [m[-1] for m in modulations] + [model.final_layer.modulation[-1]]:
-        nn.init.zeros_(layer.weight)  # adaLN-Zero: shift = scale = gate = 0
-        nn.init.zeros_(layer.bias)
+    for modulation in [*modulations, model.final_layer.modulation]:
+        last = modulation[-1] if isinstance(modulation, nn.Sequential) else modulation  # a linear, or a table
+        for weight in last.parameters():
+            nn.init.zeros_(weight)  # adaLN-Zero: shift = scale = gate = 0
     nn.init.zeros_(model.final_layer.linear.weight)
     nn.init.zeros_(model.final_layer.linear.bias)
 
@@ -354,6 +406,9 @@ class DiT(nn.Module):
         head_dim = dim // config.num_heads
         self.rope = RotaryEmbedding(head_dim, config.rope_theta, config.ntk_scale) if config.rope else None
         self.t_embedder = TimestepEmbedder(dim, config.frequency_embedding_size)
+        self.shared_modulation = (  # adaLN-single: one modulation MLP for every block
+            nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if config.adaln == "single" else None
+        )
         self.y_embedder = (
             LabelEmbedder(config.num_classes, dim, config.class_dropout) if config.num_classes > 0 else None
         )
@@ -364,12 +419,17 @@ class DiT(nn.Module):
                                          config.refiner_heads, config.refiner_causal)
         self.frame_tokens = FrameTokens(dim) if config.frames else None
         self.blocks = nn.ModuleList([DiTBlock(config, self.rope, index) for index in range(config.depth)])
-        self.final_layer = FinalLayer(config)
+        self.final_layer = FinalLayer(config, config.adaln)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """DiT's initialisation; the zero-inits make every block the identity and the output exactly zero."""
-        init_dit_weights(self, [block.modulation for block in self.blocks])
+        shared = [self.shared_modulation] if self.shared_modulation is not None else []
+        init_dit_weights(self, [block.modulation for block in self.blocks] + shared)
+        for block in self.blocks:
+            if block.cross_attention_layer is not None:  # PixArt's init: the caption starts switched off
+                nn.init.zeros_(block.cross_attention_layer.proj.weight)
+                nn.init.zeros_(block.cross_attention_layer.proj.bias)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         if self.caption_embedder is not None:
@@ -477,11 +537,12 @@ class DiT(nn.Module):
             caption = self.caption_embedder(text, text_mask, force_drop)  # tokens (N, L, D), mask (N, L), pooled
             if self.caption_pooling is not None:
                 c = c + self.caption_pooling(caption.pooled)  # (N, D)
+        block_c = c if self.shared_modulation is None else self.shared_modulation(c)  # (N, D) or (N, 6 D)
         for block in self.blocks:
             if caption is None:
-                tokens = block(tokens, c, grid_shape, attn_mask)  # (N, T, D)
+                tokens = block(tokens, block_c, grid_shape, attn_mask)  # (N, T, D)
             else:
-                tokens = block(tokens, c, grid_shape, attn_mask, text=caption.tokens, text_mask=caption.mask)
+                tokens = block(tokens, block_c, grid_shape, attn_mask, text=caption.tokens, text_mask=caption.mask)
         out = self.final_layer(tokens, c)  # (N, T, p * p * out_channels)
         if layout is not None:
             out = self.frame_tokens.unpack(out, layout)  # (N, t h w, p p C) on the padded grid

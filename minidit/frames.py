@@ -146,6 +146,7 @@ def _layout(grids: tuple[tuple[int, int, int], ...], padded: tuple[int, int, int
     return FrameLayout(grids, padded, source, kinds, positions, kinds != PAD, slots).to(device)
 
 
+@torch.compiler.disable  # built once per batch shape in Python (and cached): not worth tracing
 def frame_layout(grids: Sequence[Sequence[int]], device: torch.device | str | None = None,
                  padded_grid: Sequence[int] | None = None) -> FrameLayout:
     """The packed layout of samples with ``(t, h, w)`` patch grids (cached: a training run reuses a few layouts).

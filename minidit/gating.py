@@ -9,7 +9,9 @@ the caption tokens, and the two results are summed per head before the shared ou
 with one learnable ``g_h`` per head, initialised to 0, so an untrained text branch changes nothing (the model starts
 as the text-free model it may be initialised from). The caption is RMS-normalised at each block, then has its own
 key/value projections and its own key norm, and gets no RoPE. With ``gated=False`` the same module is PixArt's plain
-cross-attention (``tanh(g)`` replaced by 1; PixArt-alpha, arXiv 2310.00426, Sec. 2.3).
+cross-attention (``tanh(g)`` replaced by 1; PixArt-alpha, arXiv 2310.00426, Sec. 2.3). PixArt itself runs it as a
+sub-layer of its own after self-attention, ``x = x + proj(cross_attention(query(x), caption))`` with its own query
+and output projections and no caption norm (``CrossAttentionLayer``; ``DiTConfig.cross_attention_layer``).
 
 Lumina reports that after training most gates sit near zero and 80% of them can be switched off without visible
 loss. ``prune_gates`` switches heads off so that their cross-attention is **skipped**: their key/value rows are not
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minidit.attention import split_heads
+from minidit.attention import merge_heads, split_heads
 from minidit.norms import RMSNorm, make_norm
 
 
@@ -42,12 +44,14 @@ class GatedCrossAttention(nn.Module):
         num_heads: heads ``H``; ``D / H`` is the head width.
         qk_norm: norm of the text keys per head (``None``, ``"rmsnorm"`` or ``"layernorm"``), like the image keys'.
         gated: ``True`` for Lumina's zero-initialised tanh gates, ``False`` for PixArt's ungated cross-attention.
+        text_norm: RMS-normalise the caption first (Lumina); ``False`` for PixArt, which reads it as projected.
     """
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: str | None = None, gated: bool = True):
+    def __init__(self, dim: int, num_heads: int, qk_norm: str | None = None, gated: bool = True,
+                 text_norm: bool = True):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.text_norm = RMSNorm(dim)
+        self.text_norm = RMSNorm(dim) if text_norm else None
         self.kv = nn.Linear(dim, 2 * dim)
         self.k_norm = make_norm(qk_norm, self.head_dim) if qk_norm is not None else None
         self.gate = nn.Parameter(torch.zeros(num_heads)) if gated else None  # (H,)
@@ -68,18 +72,22 @@ class GatedCrossAttention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._heads = [h for h, keep in enumerate(self.active.tolist()) if keep]
 
-    def forward(self, q: Tensor, text: Tensor, text_mask: Tensor, out: Tensor) -> Tensor:
+    def forward(self, q: Tensor, text: Tensor, text_mask: Tensor, out: Tensor | None = None) -> Tensor:
         """Add the gated cross-attention of queries ``q`` (N, H, T, Dh) over ``text`` (N, L, D) to ``out`` (N, H, T, Dh).
 
         Args:
             q: the block's image queries (after QK-norm and RoPE).
             text: caption tokens at the model width; ``text_mask`` (N, L) bool marks the real ones.
-            out: the self-attention output per head, returned with the text branch added (active heads only).
+            out: the self-attention output per head, returned with the text branch added (active heads only);
+                ``None`` returns the text branch alone (zero for pruned heads).
         """
+        if out is None:
+            out = torch.zeros_like(q)
         heads = self._heads
         if not heads:
             return out  # every head pruned: the branch is skipped entirely
-        text = self.text_norm(text)
+        if self.text_norm is not None:
+            text = self.text_norm(text)
         weight = self.kv.weight.view(2, self.num_heads, self.head_dim, -1)[:, heads]  # (2, H', Dh, D)
         bias = self.kv.bias.view(2, self.num_heads, self.head_dim)[:, heads]  # (2, H', Dh)
         k, v = F.linear(text, weight.flatten(0, 2), bias.flatten()).chunk(2, dim=-1)  # (N, L, H' * Dh) each
@@ -95,6 +103,32 @@ class GatedCrossAttention(nn.Module):
         if all_heads:
             return out + cross
         return out.index_add(1, torch.tensor(heads, device=out.device), cross)
+
+
+class CrossAttentionLayer(nn.Module):
+    """PixArt's cross-attention sub-layer, ``(N, T, D) -> (N, T, D)``: its own query and output projections around
+    the text branch, added to the tokens after self-attention with no norm before it (PixArt-alpha, Sec. 2.3).
+
+    Args:
+        dim: model width ``D`` (image and caption tokens).
+        num_heads: heads ``H``.
+        qk_norm: norm of the queries and text keys per head, or ``None`` (PixArt).
+        gated: Lumina's zero-initialised tanh gate per head on the branch; ``False`` for PixArt.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: str | None = None, gated: bool = False):
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.q_norm = make_norm(qk_norm, dim // num_heads) if qk_norm is not None else None
+        self.text = GatedCrossAttention(dim, num_heads, qk_norm, gated, text_norm=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """Image tokens ``x`` (N, T, D) attend to ``text`` (N, L, D) with ``text_mask`` (N, L) bool -> ``(N, T, D)``."""
+        q = split_heads(self.query(x), self.text.num_heads)  # (N, H, T, Dh)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        return self.proj(merge_heads(self.text(q, text, text_mask)))  # (N, T, D)
 
 
 class CaptionPooling(nn.Module):

@@ -9,8 +9,13 @@ Three paths from SiT (Ma et al. 2024, arXiv 2401.08740, Sec. 2.2 / Table 1):
 - ``"gvp"`` (generalised variance preserving): ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)``;
 - ``"vp"`` (SBDM-VP): ``alpha = exp(-t^2 (b1 - b0) / 4 - t b0 / 2)``, ``sigma = sqrt(1 - alpha^2)``, b0 = 0.1, b1 = 20.
 
+and DDPM's discrete schedule (Ho et al. 2020, arXiv 2006.11239, Sec. 4; the one DiT trains with), SiT's first design
+axis (discrete versus continuous time): ``"ddpm"``, ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)`` at
+step ``1000 t``; it has ``sigma_0 = 0.01`` and ``alpha_1 ~ 0.0063``, not 0 (see ``DDPMInterpolant``).
+
 Each schedule returns its values and its derivatives in closed form, so nothing downstream differentiates
-numerically. Used by notebooks/01_interpolants_1d.ipynb and solutions/01_interpolants.ipynb.
+numerically. Used by notebooks/01_interpolants_1d.ipynb, solutions/01_interpolants.ipynb and
+solutions/16_discrete_time.ipynb.
 
 Example:
     >>> path = get_interpolant("linear")
@@ -149,19 +154,99 @@ class VPInterpolant(Interpolant):
         return f"VPInterpolant(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
 
-INTERPOLANTS: dict[str, type[Interpolant]] = {
+class DDPMInterpolant(Interpolant):
+    """DDPM's discrete schedule on minidit's time axis: ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)``.
+
+    ``betas`` run linearly from ``beta_start`` to ``beta_end`` over ``num_steps`` steps and ``alpha_bar_i =
+    prod_{j <= i} (1 - beta_j)`` (DDPM eq. 4: ``x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) eps``). Step ``i``
+    sits at ``t = i / num_steps``, so with 1000 steps the DiT's time embedder, fed ``1000 t``, sees the official DiT's
+    step index. Between integer steps ``log alpha_bar`` is interpolated linearly: on the piece from step ``i - 1`` to
+    step ``i`` it falls with slope ``log(1 - beta_i)`` per step, step ``i``'s own beta (step 0's piece starts at
+    ``alpha_bar = 1`` one step before ``t = 0``), and beyond the last step (``t`` in ``(0.999, 1]`` for 1000 steps) it
+    goes on with the last beta. So ``alpha`` and ``sigma`` are continuous, and their derivatives are exact for that
+    interpolation; at step ``i`` itself the derivative is the one of the piece that ends there,
+    ``d log alpha_bar / dt = num_steps log(1 - beta_i)``, the piece a sampler crosses next on its way to ``t = 0``.
+    That derivative jumps at each step, by ``num_steps (beta_{i+1} - beta_i) ~ 0.02`` (0.1% of its value near
+    ``t = 1``), so ODE solvers are only first order across the steps: a grid that evaluates at the steps keeps a
+    relative error of about 1e-3 that more steps do not remove.
+
+    Neither end is exact: ``sigma_0 = sqrt(beta_0) = 0.01`` (DDPM's step 0 already adds noise), so the ODE ends at
+    data blurred by 1% noise, and ``alpha_1 ~ 0.0063``, so ``x_1`` is ``N(0, I)`` only approximately (a sampler
+    started from ``N(0, I)`` ignores a 0.0063 fraction of the data). Because both coefficients stay positive,
+    converting between predictions is finite on all of ``[0, 1]`` (``minidit.weighting.singular_ends`` is empty). The
+    VP path with ``b0 = num_steps beta_start = 0.1``, ``b1 = num_steps beta_end = 20`` is this schedule's
+    continuous-time limit.
+
+    Args:
+        num_steps: number of diffusion steps ``>= 2`` (1000 in DDPM and DiT).
+        beta_start, beta_end: first and last ``beta``, ``0 < beta_start <= beta_end < 1``.
+    """
+
+    name = "ddpm"
+
+    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+            raise ValueError(f"num_steps must be an integer >= 2 (DDPM uses 1000), got {num_steps!r}")
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(
+                f"betas need 0 < beta_start <= beta_end < 1 (DDPM: 1e-4, 0.02); got {beta_start}, {beta_end}"
+            )
+        self.num_steps, self.beta_start, self.beta_end = num_steps, beta_start, beta_end
+        self.betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # (S,)
+        self.alpha_bar = torch.cumprod(1 - self.betas, dim=0)  # (S,)
+        log_alpha_bar = torch.log(self.alpha_bar)  # (S,)
+        slopes = torch.diff(log_alpha_bar, prepend=torch.zeros(1, dtype=torch.float64))  # (S,): log(1 - beta_i)
+        self._pieces = log_alpha_bar, slopes
+
+    def _values(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(alpha, sigma, d_alpha, d_sigma)`` from one look-up of the pieces, each of the shape of ``t``."""
+        values, slopes = (piece.to(t.dtype).to(t.device) for piece in self._pieces)  # cast first: MPS has no float64
+        index = t * self.num_steps  # fractional step
+        step = index.ceil().clamp(max=self.num_steps - 1).long()  # the piece from step - 1 to step (or beyond the last)
+        log_alpha_bar = values[step] + (index - step) * slopes[step]
+        alpha = torch.exp(0.5 * log_alpha_bar)
+        sigma = torch.sqrt(-torch.expm1(log_alpha_bar))  # sqrt(1 - alpha_bar), accurate near t = 0
+        d_alpha = 0.5 * alpha * self.num_steps * slopes[step]
+        return alpha, sigma, d_alpha, -alpha * d_alpha / sigma  # sigma' from alpha^2 + sigma^2 = 1
+
+    def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return ``(alpha_t, sigma_t, d_alpha_t, d_sigma_t)`` for ``t`` of any shape, from one look-up."""
+        return self._values(check_time(t))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self._values(t)[0]
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self._values(t)[1]
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return self._values(t)[2]
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return self._values(t)[3]
+
+    def __repr__(self) -> str:
+        return f"DDPMInterpolant(num_steps={self.num_steps}, beta_start={self.beta_start}, beta_end={self.beta_end})"
+
+
+INTERPOLANTS: dict[str, type[Interpolant]] = {  # SiT's continuous-time paths (Table 1)
     "linear": LinearInterpolant,
     "gvp": GVPInterpolant,
     "vp": VPInterpolant,
 }
+DISCRETE_INTERPOLANTS: dict[str, type[Interpolant]] = {  # discrete-time schedules, interpolated between their steps
+    "ddpm": DDPMInterpolant,
+}
 
 
 def get_interpolant(name: str | Interpolant) -> Interpolant:
-    """Build an interpolant by name: ``"linear"``, ``"gvp"`` or ``"vp"``. An ``Interpolant`` passes through.
+    """Build an interpolant by name: ``"linear"``, ``"gvp"``, ``"vp"`` or ``"ddpm"`` (its defaults: DDPM's 1000 steps).
+    An ``Interpolant`` passes through.
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
     if isinstance(name, Interpolant):
         return name
-    return INTERPOLANTS[check_choice("interpolant", name, INTERPOLANTS)]()
+    every = {**INTERPOLANTS, **DISCRETE_INTERPOLANTS}
+    return every[check_choice("interpolant", name, every)]()

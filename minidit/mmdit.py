@@ -25,8 +25,12 @@ keeps padded text out of every softmax (diffusers' joint processor calls SDPA wi
 attended); the pooled vector is the masked mean of the text features (SD3: CLIP's pooled outputs); the text tokens
 enter through ``CaptionEmbedder``'s two-layer MLP (diffusers: one linear ``context_embedder``) and classifier-free
 guidance uses its learned null caption instead of the encoding of the empty prompt; the patch embedding is
-``patchify`` + linear with any ``pos_embed`` of the DiT. Against cloneofsimo/minRF ``advanced/mmdit.py``: no
-register tokens, the order [image, text] (minRF: [text, image]) and DiT's plain adaLN-Zero residual wiring.
+``patchify`` + linear with any ``pos_embed`` of the DiT. Three switches express SD3 exactly (``minidit.convert.sd3``
+converts the weights both ways): ``pooled_dim`` (SD3's text inputs: a separate pooled vector, one linear
+``context_embedder``, no null caption), ``pos_embed_max_size`` (SD3's sin-cos table of a large grid, cropped at its
+centre) and ``dual_attention_blocks`` (SD3.5's MMDiT-X blocks: a second, image-only self-attention). Against
+cloneofsimo/minRF ``advanced/mmdit.py``: no register tokens, the order [image, text] (minRF: [text, image]) and
+DiT's plain adaLN-Zero residual wiring.
 
 Example:
     >>> model = MMDiT.from_depth(2, input_size=16, in_channels=3, text_dim=32)
@@ -35,6 +39,7 @@ Example:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +50,8 @@ from minidit.attention import SelfAttention, merge_heads
 from minidit.dit import (FinalLayer, TimestepEmbedder, init_dit_weights, modulate, patchify, transformer_mlp,
                          unpatchify)
 from minidit.norms import NORMS, make_norm
-from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, make_pos_embed
-from minidit.text.conditioning import CaptionEmbedder, check_text
+from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, make_pos_embed, sincos_1d
+from minidit.text.conditioning import CaptionEmbedder, CaptionEmbedding, check_text
 from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
 
 
@@ -57,6 +62,15 @@ class MMDiTConfig:
     ``hidden_size=None`` means ``64 * depth`` and ``num_heads=None`` means ``depth`` (SD3's sizing, head width 64);
     ``out_channels=None`` means ``in_channels``. ``text_dim`` is the width of the text encoder's features and
     ``caption_dropout`` the training-time probability of replacing a caption by the learned null caption (CFG).
+
+    SD3 switches (``None`` / ``()``: minidit's choices): ``pooled_dim`` gives the model SD3's text inputs, a pooled
+    vector ``pooled (N, pooled_dim)`` of its own (SD3: the CLIP encoders' pooled outputs) instead of the masked mean,
+    and the tokens through one linear layer (SD3's ``context_embedder``) instead of ``CaptionEmbedder``, with no
+    learned null caption (SD3 guides with the encoding of the empty prompt, so ``caption_dropout`` must be 0).
+    ``pos_embed_max_size`` replaces the sin-cos table by SD3's: a table of ``pos_embed_max_size`` positions per
+    side, scaled by ``grid_size / pos_embed_max_size``, cropped at its centre to the image's grid (see
+    ``cropped_sincos_2d``). ``dual_attention_blocks`` lists SD3.5's MMDiT-X blocks, which add a second self-attention
+    over the image tokens alone, with its own shift, scale and gate (a 9-way adaLN-Zero).
     """
 
     input_size: int = 32
@@ -74,6 +88,9 @@ class MMDiTConfig:
     pos_embed: str = "sincos"
     pos_embed_interpolation: str = "bicubic"
     frequency_embedding_size: int = 256
+    pooled_dim: int | None = None
+    pos_embed_max_size: int | None = None
+    dual_attention_blocks: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.depth < 1:
@@ -97,6 +114,20 @@ class MMDiTConfig:
             raise ValueError(f"text_dim is the text encoder's feature width, a positive integer; got {self.text_dim}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout is a probability in [0, 1]; got {self.caption_dropout}")
+        if self.pooled_dim is not None and (self.pooled_dim < 1 or self.caption_dropout):
+            raise ValueError("pooled_dim (SD3's text inputs) must be a positive width and has no learned null caption "
+                             f"to drop to: set caption_dropout = 0; got pooled_dim {self.pooled_dim}, "
+                             f"caption_dropout {self.caption_dropout}")
+        max_size = self.pos_embed_max_size
+        if max_size is not None and (self.pos_embed != "sincos" or max_size < self.grid_size):
+            raise ValueError(f"pos_embed_max_size crops SD3's sin-cos table: it needs pos_embed = 'sincos' and at "
+                             f"least grid_size = {self.grid_size} positions; got pos_embed {self.pos_embed!r}, "
+                             f"pos_embed_max_size {max_size}")
+        self.dual_attention_blocks = tuple(sorted(self.dual_attention_blocks))
+        outside = [b for b in self.dual_attention_blocks if not 0 <= b < self.depth]
+        if outside:
+            raise ValueError(f"dual_attention_blocks {outside} do not exist; a depth-{self.depth} model has blocks "
+                             f"0..{self.depth - 1}")
 
     @property
     def grid_size(self) -> int:
@@ -107,6 +138,45 @@ class MMDiTConfig:
     def from_dict(cls, values: dict[str, Any]) -> MMDiTConfig:
         """Build a config from a dict, rejecting misspelt keys (``minidit.validation.dataclass_from_dict``)."""
         return dataclass_from_dict(cls, values)
+
+
+def cropped_sincos_2d(dim: int, grid_shape: Sequence[int], max_size: int, base_size: int,
+                      device: torch.device | str | None = None) -> Tensor:
+    """SD3's position table: ``sincos_2d``'s layout on a ``max_size`` x ``max_size`` grid whose positions are scaled
+    to ``i * base_size / max_size``, cropped at its centre to ``grid_shape`` (diffusers' ``PatchEmbed`` with
+    ``pos_embed_max_size``; ``base_size`` is the training grid, ``grid_size``).
+
+    Args:
+        dim: embedding width, divisible by 4.
+        grid_shape: ``(h, w)`` token grid, each at most ``max_size``; tokens flattened row-major like ``patchify``.
+    Returns:
+        Shape ``(h * w, dim)``: the first ``dim / 2`` channels encode the column, the rest the row.
+    Raises:
+        ValueError: if the grid is larger than the table.
+    """
+    h, w = grid_shape
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4; got {dim}")
+    if h > max_size or w > max_size:
+        raise ValueError(f"a {h}x{w} token grid does not fit SD3's {max_size}x{max_size} position table "
+                         f"(pos_embed_max_size); use images of at most {max_size} patches per side")
+    positions = torch.arange(max_size, device=device, dtype=torch.float32) / (max_size / base_size)  # (max_size,)
+    top, left = (max_size - h) // 2, (max_size - w) // 2
+    rows, cols = torch.meshgrid(positions[top:top + h], positions[left:left + w], indexing="ij")  # (h, w) each
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
+
+
+class CroppedSinCosPosEmbed(nn.Module):
+    """Adds ``cropped_sincos_2d`` for whatever grid arrives (no parameters): SD3's position embedding."""
+
+    def __init__(self, dim: int, max_size: int, base_size: int):
+        super().__init__()
+        self.dim, self.max_size, self.base_size = dim, max_size, base_size
+
+    def forward(self, x: Tensor, grid_shape: Sequence[int]) -> Tensor:
+        """``x`` of shape ``(N, h * w, D)`` plus the cropped table; same shape."""
+        table = cropped_sincos_2d(self.dim, grid_shape, self.max_size, self.base_size, device=x.device)
+        return x + table.to(x.dtype)
 
 
 def joint_key_mask(num_image_tokens: int, text_mask: Tensor) -> Tensor:
@@ -148,18 +218,22 @@ class MMDiTBlock(nn.Module):
         config: the model's ``MMDiTConfig``.
         context_pre_only: the last block: the text stream gets only shift/scale for its attention input and has
             no output projection and no MLP; ``forward`` then returns ``None`` for the text.
+        dual_attention: SD3.5's MMDiT-X block: after the joint attention, the image tokens also attend to themselves
+            (``attn2``, from the same norm with its own shift and scale, gated), so the image stream's adaLN is 9-way.
     """
 
-    def __init__(self, config: MMDiTConfig, context_pre_only: bool = False):
+    def __init__(self, config: MMDiTConfig, context_pre_only: bool = False, dual_attention: bool = False):
         super().__init__()
         dim = config.hidden_size
         self.context_pre_only = context_pre_only
         # Image stream: the DiT block's layers.
         self.norm1 = make_norm(config.norm, dim, affine=False)
         self.attn = SelfAttention(dim, config.num_heads, config.qk_norm)
+        self.attn2 = SelfAttention(dim, config.num_heads, config.qk_norm) if dual_attention else None
         self.norm2 = make_norm(config.norm, dim, affine=False)
         self.mlp = transformer_mlp(dim, config.mlp_ratio)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # zero-initialised: identity block
+        ways = 9 if dual_attention else 6  # shift, scale, gate of attention and MLP (and of attn2)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, ways * dim))  # zero-initialised: identity block
         # Text stream: its own copies.
         self.context_norm1 = make_norm(config.norm, dim, affine=False)
         self.context_attn = SelfAttention(dim, config.num_heads, config.qk_norm)
@@ -177,16 +251,21 @@ class MMDiTBlock(nn.Module):
         Returns:
             ``(N, T, D)`` image tokens and ``(N, L, D)`` text tokens (``None`` when ``context_pre_only``).
         """
-        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(c).chunk(6, dim=-1)
+        image_modulation = self.modulation(c).chunk(6 if self.attn2 is None else 9, dim=-1)
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = image_modulation[:6]
         text_modulation = self.context_modulation(c).chunk(2 if self.context_pre_only else 6, dim=-1)
+        normed = self.norm1(x)  # (N, T, D)
         attn_x, attn_c = joint_attention(
             self.attn,
             self.context_attn,
-            modulate(self.norm1(x), shift_attn, scale_attn),
+            modulate(normed, shift_attn, scale_attn),
             modulate(self.context_norm1(context), text_modulation[0], text_modulation[1]),
             text_mask,
         )  # (N, T, D), (N, L, D)
         x = torch.addcmul(x, gate_attn.unsqueeze(1), self.attn.proj(attn_x))  # x + gate * attn_out
+        if self.attn2 is not None:
+            shift_attn2, scale_attn2, gate_attn2 = image_modulation[6:]
+            x = torch.addcmul(x, gate_attn2.unsqueeze(1), self.attn2(modulate(normed, shift_attn2, scale_attn2)))
         x = torch.addcmul(x, gate_mlp.unsqueeze(1), self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         if self.context_pre_only:
             return x, None
@@ -202,7 +281,8 @@ class MMDiT(nn.Module):
     Output ``(N, out_channels, H, W)`` like ``DiT``; ``H`` and ``W`` may be any multiple of ``patch_size``.
     Text tokens enter through ``CaptionEmbedder`` (MLP to the model width; a dropped caption becomes the learned
     null token), the pooled text (masked mean of the raw features, the null token for a dropped caption) through
-    ``MLP`` (Linear, SiLU, Linear) into ``c_vec = t_emb + MLP(pooled)``.
+    ``MLP`` (Linear, SiLU, Linear) into ``c_vec = t_emb + MLP(pooled)``. With ``pooled_dim`` (SD3) the tokens
+    enter through one linear layer and the pooled vector is the ``pooled`` input.
     """
 
     def __init__(self, config: MMDiTConfig):
@@ -210,15 +290,22 @@ class MMDiT(nn.Module):
         self.config = config
         dim, p = config.hidden_size, config.patch_size
         self.patch_embedder = nn.Linear(p * p * config.in_channels, dim)
-        self.pos_embed = make_pos_embed(
-            config.pos_embed, dim, (config.grid_size, config.grid_size), config.pos_embed_interpolation
-        )
+        if config.pos_embed_max_size is None:
+            self.pos_embed = make_pos_embed(
+                config.pos_embed, dim, (config.grid_size, config.grid_size), config.pos_embed_interpolation
+            )
+        else:
+            self.pos_embed = CroppedSinCosPosEmbed(dim, config.pos_embed_max_size, config.grid_size)
         self.t_embedder = TimestepEmbedder(dim, config.frequency_embedding_size)
-        self.pooled_embedder = nn.Sequential(nn.Linear(config.text_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.caption_embedder = CaptionEmbedder(config.text_dim, dim, config.caption_dropout)
-        self.blocks = nn.ModuleList(
-            [MMDiTBlock(config, context_pre_only=i == config.depth - 1) for i in range(config.depth)]
-        )
+        sd3_text = config.pooled_dim is not None
+        pooled_dim = config.pooled_dim if sd3_text else config.text_dim
+        self.pooled_embedder = nn.Sequential(nn.Linear(pooled_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.caption_embedder = None if sd3_text else CaptionEmbedder(config.text_dim, dim, config.caption_dropout)
+        self.context_embedder = nn.Linear(config.text_dim, dim) if sd3_text else None
+        self.blocks = nn.ModuleList([
+            MMDiTBlock(config, context_pre_only=i == config.depth - 1, dual_attention=i in config.dual_attention_blocks)
+            for i in range(config.depth)
+        ])
         self.final_layer = FinalLayer(config)
         self.initialize_weights()
 
@@ -226,15 +313,36 @@ class MMDiT(nn.Module):
         """DiT's initialisation; the zero-inits make every block the identity on both streams and the output 0."""
         init_dit_weights(self, [m for block in self.blocks for m in (block.modulation, block.context_modulation)])
 
-    def check_inputs(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> tuple[int, int]:
+    def check_inputs(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor,
+                     pooled: Tensor | None = None) -> tuple[int, int]:
         """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)``."""
         cfg = self.config
         check_image_and_time(x, t, cfg.in_channels)
         check_text(text, text_mask, x.shape[0], cfg.text_dim)
+        if cfg.pooled_dim is None and pooled is not None:
+            raise ValueError("this model pools its own text (masked mean of the features); call it without pooled, "
+                             "or build it with pooled_dim for SD3's separate pooled vector")
+        if cfg.pooled_dim is not None and (pooled is None or pooled.shape != (x.shape[0], cfg.pooled_dim)):
+            shape = None if pooled is None else tuple(pooled.shape)
+            raise ValueError(f"this model takes SD3's pooled text vector: pass pooled of shape (N, pooled_dim) = "
+                             f"({x.shape[0]}, {cfg.pooled_dim}); got {shape}")
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 
+    def embed_text(self, text: Tensor, text_mask: Tensor, force_drop: Tensor | None,
+                   pooled: Tensor | None) -> CaptionEmbedding:
+        """Caption tokens ``(N, L, D)``, their mask and the pooled vector: ``CaptionEmbedder``'s, or SD3's linear
+        ``context_embedder`` with the given ``pooled`` (N, pooled_dim) (no null caption: ``force_drop`` is an error).
+        """
+        if self.caption_embedder is not None:
+            return self.caption_embedder(text, text_mask, force_drop)
+        if force_drop is not None:
+            raise ValueError("an SD3-style model (pooled_dim set) has no learned null caption: for guidance, encode "
+                             "the empty prompt and call the model on its features instead of force_drop")
+        return CaptionEmbedding(self.context_embedder(text), text_mask, pooled)
+
     def forward(
-        self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, force_drop: Tensor | None = None
+        self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, force_drop: Tensor | None = None,
+        pooled: Tensor | None = None,
     ) -> Tensor:
         """Predict ``(N, out_channels, H, W)`` from noisy images ``x`` (N, C, H, W) at times ``t`` (N,).
 
@@ -246,9 +354,10 @@ class MMDiT(nn.Module):
             force_drop: optional bool ``(N,)``; ``True`` replaces that sample's caption (tokens and pooled vector)
                 by the learned null caption, in any mode. Without it, training mode drops each caption with
                 probability ``caption_dropout``.
+            pooled: with ``pooled_dim`` only (SD3): the pooled text vector ``(N, pooled_dim)``.
         """
-        grid_shape = self.check_inputs(x, t, text, text_mask)
-        caption = self.caption_embedder(text, text_mask, force_drop)  # tokens (N, L, D), mask (N, L), pooled (N, Dt)
+        grid_shape = self.check_inputs(x, t, text, text_mask, pooled)
+        caption = self.embed_text(text, text_mask, force_drop, pooled)  # tokens (N, L, D), mask (N, L), pooled
         tokens = self.patch_embedder(patchify(x, self.config.patch_size))  # (N, T, D)
         if self.pos_embed is not None:
             tokens = self.pos_embed(tokens, grid_shape)  # (N, T, D)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from minidit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from minidit.interpolants import INTERPOLANTS, get_interpolant
+from minidit.interpolants import DISCRETE_INTERPOLANTS, INTERPOLANTS, get_interpolant
 from minidit.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RunLock, append_record, cut_metrics, remove_run_files,
                                 remove_samples_after, run_files, sample_grid_name)
 from minidit.timesteps import get_time_sampler
@@ -91,7 +91,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_choice("interpolant", self.interpolant, INTERPOLANTS)
+        check_choice("interpolant", self.interpolant, {**INTERPOLANTS, **DISCRETE_INTERPOLANTS})
         check_choice("prediction", self.prediction, PREDICTIONS)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("precision", self.precision, PRECISIONS)

@@ -139,13 +139,16 @@ def default_time_eps(interpolant: Interpolant | str, prediction: str, weighting:
     """Train-time epsilon: 0 where training and sampling are finite on all of [0, 1], else 1e-3 (SiT trains on
     [eps, 1 - eps]).
 
-    That needs a velocity model (sampling converts nothing, ``singular_ends`` is empty), a finite velocity target
-    (the VP path's ``sigma'`` is infinite at ``t = 0``) and a finite ``loss_weight`` at both ends: ``"none"`` or
-    ``"velocity"`` weighting (``"likelihood"`` is ``1 / (lambda_t sigma_t)``, infinite at ``t = 0``). So only the
-    velocity loss on the linear and GVP paths gets 0.
+    On SiT's continuous paths (``sigma_0 = 0``, ``alpha_1 = 0`` or nearly) that needs a velocity model (sampling
+    converts nothing, ``singular_ends`` is empty), a finite velocity target (the VP path's ``sigma'`` is infinite at
+    ``t = 0``) and a finite ``loss_weight`` at both ends: ``"none"`` or ``"velocity"`` weighting (``"likelihood"`` is
+    ``1 / (lambda_t sigma_t)``, infinite at ``t = 0``). So only the velocity loss on the linear and GVP paths gets 0.
+    The DDPM path keeps ``alpha`` and ``sigma`` positive at both ends, so every loss on it gets 0 (DDPM trains on its
+    step 0, ``t = 0``).
     """
     name = get_interpolant(interpolant).name
-    return 0.0 if (prediction == "velocity" and weighting in ("none", "velocity") and name in ("linear", "gvp")) else 1e-3
+    finite_velocity_loss = prediction == "velocity" and weighting in ("none", "velocity") and name in ("linear", "gvp")
+    return 0.0 if finite_velocity_loss or name == "ddpm" else 1e-3
 
 
 def training_loss(

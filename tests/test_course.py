@@ -348,6 +348,70 @@ def _pack_column_major(patches, nextline, nextframe, t, h, w):
     return CHECKS["pack"].reference(columns, nextline, nextframe, t, h, w)
 
 
+def _ddpm_alpha_bar_from_step_one(num_steps, beta_start, beta_end):
+    """The product over j < i instead of j <= i: alpha_bar_0 = 1, as if step 0 added no noise."""
+    betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    return torch.cumprod(torch.cat([torch.ones(1, dtype=torch.float64), 1 - betas[:-1]]), dim=0)
+
+
+def _ddpm_coefficients_from_the_right(t, num_steps, beta_start, beta_end):
+    """At an integer step, the derivative of the piece starting there (floor(u)), not of the one ending there."""
+    reference = CHECKS["ddpm_coefficients"].reference
+    alpha, sigma, _, _ = reference(t, num_steps, beta_start, beta_end)
+    _, _, d_alpha, d_sigma = reference((t + 1e-9).clamp(max=1.0), num_steps, beta_start, beta_end)
+    return alpha, sigma, d_alpha, d_sigma
+
+
+def _ddpm_coefficients_interpolating_alpha_bar(t, num_steps, beta_start, beta_end):
+    """alpha_bar itself (not its log) a straight line between the steps."""
+    alpha_bar = CHECKS["ddpm_alpha_bar"].reference(num_steps, beta_start, beta_end).to(t)  # (S,)
+    slopes = torch.diff(alpha_bar, prepend=alpha_bar.new_ones(1))  # (S,)
+    u = num_steps * t
+    i = u.ceil().clamp(max=num_steps - 1).long()
+    value, d_value = alpha_bar[i] + (u - i) * slopes[i], num_steps * slopes[i]
+    alpha, sigma = value.sqrt(), (1 - value).sqrt()
+    return alpha, sigma, 0.5 * d_value / alpha, -0.5 * d_value / sigma
+
+
+def _ddpm_coefficients_per_step(t, num_steps, beta_start, beta_end):
+    """Derivatives with respect to the step index u = num_steps t, not with respect to t."""
+    alpha, sigma, d_alpha, d_sigma = CHECKS["ddpm_coefficients"].reference(t, num_steps, beta_start, beta_end)
+    return alpha, sigma, d_alpha / num_steps, d_sigma / num_steps
+
+
+def _ddpm_coefficients_holding_the_last_step(t, num_steps, beta_start, beta_end):
+    """t beyond the last step clamped to it: alpha and sigma frozen, derivatives 0 on ((S - 1) / S, 1]."""
+    last = (num_steps - 1) / num_steps
+    reference = CHECKS["ddpm_coefficients"].reference
+    alpha, sigma, d_alpha, d_sigma = reference(t.clamp(max=last), num_steps, beta_start, beta_end)
+    return alpha, sigma, d_alpha.masked_fill(t > last, 0.0), d_sigma.masked_fill(t > last, 0.0)
+
+
+def _ddpm_coefficients_last_step_at_one(t, num_steps, beta_start, beta_end):
+    """u = (S - 1) t: t = 1 lands on the last step, and every step sits at i / (S - 1) instead of i / S."""
+    shrink = (num_steps - 1) / num_steps
+    alpha, sigma, d_alpha, d_sigma = CHECKS["ddpm_coefficients"].reference(shrink * t, num_steps, beta_start, beta_end)
+    return alpha, sigma, shrink * d_alpha, shrink * d_sigma
+
+
+def _eps_to_velocity_lambda_sign_flipped(eps, x_t, t):
+    """v = (alpha' / alpha) x_t - lambda eps instead of + lambda eps."""
+    from minidit.interpolants import DDPMInterpolant
+    from minidit.validation import expand_time
+
+    alpha, sigma, d_alpha, d_sigma = (expand_time(c, x_t) for c in DDPMInterpolant().coefficients(t))
+    return d_alpha / alpha * x_t - (d_sigma - d_alpha * sigma / alpha) * eps
+
+
+def _eps_to_velocity_without_dividing_by_alpha(eps, x_t, t):
+    """x0 = x_t - sigma eps, forgetting the division by alpha."""
+    from minidit.interpolants import DDPMInterpolant
+    from minidit.validation import expand_time
+
+    alpha, sigma, d_alpha, d_sigma = (expand_time(c, x_t) for c in DDPMInterpolant().coefficients(t))
+    return d_alpha * (x_t - sigma * eps) + d_sigma * eps
+
+
 # One typical learner mistake per check; a new check must add its own (see test_every_check_has_a_typical_mistake).
 MISTAKES = {
     "interpolant": lambda name, t: tuple(c if i < 3 else -c  # d_sigma with the wrong sign
@@ -387,6 +451,9 @@ MISTAKES = {
     "sequence_kinds": _sequence_kinds_without_last_nextframe,
     "token_positions": lambda t, h, w: CHECKS["token_positions"].reference(t, h, w)[:, [1, 2, 0]],  # (h, w, t) order
     "pack": _pack_column_major,
+    "ddpm_alpha_bar": _ddpm_alpha_bar_from_step_one,
+    "ddpm_coefficients": _ddpm_coefficients_from_the_right,
+    "eps_to_velocity": _eps_to_velocity_lambda_sign_flipped,
 }
 
 
@@ -428,6 +495,46 @@ FRAMES_MISTAKES = [  # the typical mistakes of exercise 15, each of which its ch
 def test_frames_checks_catch_each_typical_mistake(name, mistake, description):
     result = check(name, mistake)
     assert result.status == "fail" and "hint:" in result.message
+
+
+DISCRETE_TIME_MISTAKES = [  # the typical mistakes of exercise 16, each of which its check must catch
+    ("ddpm_alpha_bar", _ddpm_alpha_bar_from_step_one, "alpha_bar_0 = 1 (product over j < i)"),
+    ("ddpm_alpha_bar", lambda s, b0, b1: 1 - torch.linspace(b0, b1, s, dtype=torch.float64), "1 - beta, no product"),
+    ("ddpm_alpha_bar", lambda s, b0, b1: torch.cumprod(1 - b0 - (b1 - b0) * torch.arange(s).double() / s, 0),
+     "betas stop short of beta_end"),
+    ("ddpm_coefficients", _ddpm_coefficients_from_the_right, "derivative of the piece starting at a step"),
+    ("ddpm_coefficients", _ddpm_coefficients_interpolating_alpha_bar, "alpha_bar, not its log, linear between steps"),
+    ("ddpm_coefficients", _ddpm_coefficients_per_step, "derivative per step, not per unit of t"),
+    ("ddpm_coefficients", _ddpm_coefficients_holding_the_last_step, "t beyond the last step held there"),
+    ("ddpm_coefficients", _ddpm_coefficients_last_step_at_one, "u = (S - 1) t"),
+    ("eps_to_velocity", _eps_to_velocity_lambda_sign_flipped, "- lambda eps"),
+    ("eps_to_velocity", _eps_to_velocity_without_dividing_by_alpha, "x0 without dividing by alpha"),
+    ("eps_to_velocity", lambda eps, x_t, t: CHECKS["convert"].reference(eps, x_t, t, "linear", "noise", "velocity"),
+     "the linear path's conversion"),
+]
+
+
+@pytest.mark.parametrize("name, mistake, description", DISCRETE_TIME_MISTAKES,
+                         ids=[m[2] for m in DISCRETE_TIME_MISTAKES])
+def test_discrete_time_checks_catch_each_typical_mistake(name, mistake, description):
+    result = check(name, mistake)
+    assert result.status == "fail" and "hint:" in result.message
+
+
+def test_discrete_time_reference_matches_ddpm_by_hand():
+    """Two steps, beta = 0.1 then 0.3: alpha_bar = (0.9, 0.63). At t = 0 (step 0, whose piece falls by log 0.9 from
+    alpha_bar = 1), t = 0.25 (u = 0.5, halfway along the piece of step 1, falling by log 0.7) and t = 0.75 (u = 1.5,
+    past the last step, on its piece extended)."""
+    assert torch.allclose(CHECKS["ddpm_alpha_bar"].reference(2, 0.1, 0.3), torch.tensor([0.9, 0.63]).double())
+    t = torch.tensor([0.0, 0.25, 0.75], dtype=torch.float64)
+    alpha, sigma, d_alpha, d_sigma = CHECKS["ddpm_coefficients"].reference(t, 2, 0.1, 0.3)
+    log_9, log_7 = math.log(0.9), math.log(0.7)
+    log_alpha_bar = torch.tensor([log_9, log_9 + 0.5 * log_7, math.log(0.63) + 0.5 * log_7], dtype=torch.float64)
+    torch.testing.assert_close(alpha, torch.exp(log_alpha_bar / 2))
+    torch.testing.assert_close(sigma, torch.sqrt(1 - torch.exp(log_alpha_bar)))
+    d_log_alpha_bar = 2 * torch.tensor([log_9, log_7, log_7], dtype=torch.float64)  # S log(1 - beta) of the piece
+    torch.testing.assert_close(d_alpha, alpha * d_log_alpha_bar / 2)
+    torch.testing.assert_close(d_sigma, -alpha * d_alpha / sigma)
 
 
 def test_frames_reference_matches_the_documented_layout_by_hand():
@@ -594,6 +701,39 @@ def refiner_block(block, x, mask, c, causal):
     g_attn, g_mlp = block.gate(c).unsqueeze(1).chunk(2, dim=-1)
     x = x + g_attn * block.attn(block.norm1(x), attn_mask=refiner_mask(mask, causal))
     return x + g_mlp * block.mlp(block.norm2(x))
+""",
+    ("ddpm_coefficients", "ddpm_alpha_bar"): """
+def ddpm_alpha_bar(num_steps, beta_start, beta_end):
+    betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    return torch.cumprod(torch.cat([torch.ones(1, dtype=torch.float64), 1 - betas[:-1]]), dim=0)  # alpha_bar_0 = 1
+
+def ddpm_coefficients(t, num_steps=1000, beta_start=1e-4, beta_end=0.02):
+    log_alpha_bar = torch.log(ddpm_alpha_bar(num_steps, beta_start, beta_end)).to(t)
+    slopes = torch.diff(log_alpha_bar, prepend=log_alpha_bar.new_zeros(1))
+    u = num_steps * t
+    i = u.ceil().clamp(max=num_steps - 1).long()
+    log_ab = log_alpha_bar[i] + (u - i) * slopes[i]
+    alpha, sigma = torch.exp(0.5 * log_ab), torch.sqrt(-torch.expm1(log_ab))
+    d_alpha = 0.5 * alpha * num_steps * slopes[i]
+    return alpha, sigma, d_alpha, -alpha * d_alpha / sigma
+""",
+    ("eps_to_velocity", "ddpm_coefficients"): """
+from minidit.validation import expand_time
+
+def ddpm_coefficients(t, num_steps=1000, beta_start=1e-4, beta_end=0.02):
+    betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    log_alpha_bar = torch.log(torch.cumprod(1 - betas, 0))
+    slopes = torch.diff(log_alpha_bar, prepend=log_alpha_bar.new_zeros(1))
+    u = num_steps * t
+    i = u.ceil().clamp(max=num_steps - 1).long()
+    log_ab = log_alpha_bar[i] + (u - i) * slopes[i]
+    alpha, sigma = torch.exp(0.5 * log_ab), torch.sqrt(-torch.expm1(log_ab))
+    d_alpha = 0.5 * alpha * slopes[i]  # forgets that u moves num_steps times faster than t
+    return alpha, sigma, d_alpha, -alpha * d_alpha / sigma
+
+def eps_to_velocity(eps, x_t, t):
+    alpha, sigma, d_alpha, d_sigma = (expand_time(c, x_t) for c in ddpm_coefficients(t))
+    return d_alpha * (x_t - sigma * eps) / alpha + d_sigma * eps
 """,
 }
 
