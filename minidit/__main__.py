@@ -1,4 +1,4 @@
-"""The command line: ``python -m minidit train | sample | demo``.
+"""The command line: ``python -m minidit train | sample | eval | demo``.
 
 ``train`` runs a TOML experiment (see minidit/config.py) with the flow-matching trainer, ``sample`` integrates
 a checkpoint's EMA velocity field from noise to data (SiT, arXiv 2401.08740, Sec. 2.4) into a PNG grid, with
@@ -6,6 +6,8 @@ classifier-free guidance for class-conditional models (DiT, arXiv 2212.09748, Se
 (``--prompt`` / ``--prompts``, guided against the learned null caption), and ``demo`` runs the course demo. A frames
 model (Lumina-T2X, arXiv 2405.05945: any modality as frames ``[H, W, T, C]``) samples clips of its prompts'
 modalities ("video: ..."): a PNG with a row per clip and its frames as columns, and a GIF of the clips next to it.
+``eval`` samples a checkpoint and reports its FID (``minidit.fid``: protocol, sample count, sampler and NFE with the
+number) and, for shapes models, the analyser's exact metrics (``minidit.data.analyser``).
 Used by the README, the Makefile (``make demo``), notebooks/03_dit_from_scratch.ipynb and, through
 configs/frames_*.toml, notebooks/09_any_modality.ipynb.
 
@@ -14,6 +16,7 @@ Example:
     $ python -m minidit sample runs/toy/checkpoint.pt --n 2000 --steps 50 --method heun --out toy.png
     $ python -m minidit sample runs/shapes_t2i_gated/checkpoint.pt --prompt "a small red circle at the top left" --cfg 4
     $ python -m minidit sample runs/frames_video/checkpoint.pt --prompt "video: a small red circle moving right quickly"
+    $ python -m minidit eval runs/cifar10_dit_s2/checkpoint.pt --n 10000 --steps 50 --method heun
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
+from minidit import fid
 from minidit.checkpoint import CheckpointError, load_checkpoint
 from minidit.config import (build_data, build_model, check_data_fits_model, load_config, parse_config,
                             use_model_tokenizer)
@@ -176,6 +180,66 @@ def check_png_path(path: str) -> None:
         raise InputError(f"--out {path!r}: folder {str(folder)!r} is not writable; choose a folder you can write to")
 
 
+def eval_command(args: argparse.Namespace) -> dict[str, float]:
+    """Sample ``args.n`` images from the EMA model of ``args.checkpoint`` with its ``[sample]`` settings and print
+    a line per measurement: for a shapes model the analyser's (class accuracy, or caption alignment and attribute
+    accuracy), and FID against as many images of the training data, with its protocol, sample count, sampler and
+    NFE (the model's calls, counted). Returns the metrics.
+
+    Without the FID Inception weights a shapes model with analyser metrics still reports them (and a note on
+    stderr that FID was not computed); any other model stops with the missing-file error before sampling.
+    """
+    from minidit.data.analyser import attribute_accuracy, caption_alignment, class_accuracy
+
+    state = load_checkpoint(args.checkpoint)
+    if not state["metadata"]:
+        raise CheckpointError(f"checkpoint {args.checkpoint!r} stores no config, so its model cannot be rebuilt; "
+                              "write checkpoints with `python -m minidit train`")
+    overrides = {"n": args.n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
+    sample_overrides = {k: v for k, v in overrides.items() if v is not None}
+    experiment = parse_config(state["metadata"], f"{args.checkpoint} (stored config)",
+                              {"sample": sample_overrides, "train": {"device": args.device} if args.device else {}})
+    if experiment.model.get("type") == "mlp" or experiment.model.get("frames", False):
+        raise InputError(f"{args.checkpoint}: eval measures image models (a DiT or MM-DiT on shapes, cifar10, "
+                         "imagenet64 or an image folder); this one draws points or frames, so sample it instead")
+    sample, device = experiment.sample, resolve_device(experiment.train.device)
+    model = build_model(experiment.model, experiment.source, pretrained_text=False,
+                        text_length=experiment.data.get("text_length")).to(device)
+    model.load_state_dict(state["ema"])
+    prompts = default_prompts(experiment, sample.n)
+    num_classes = getattr(getattr(model, "config", None), "num_classes", 0)
+    analysed = experiment.data["name"] == "shapes" and bool(prompts or num_classes)
+    try:
+        network = fid.FIDInception.from_file(args.inception).to(device)
+    except FileNotFoundError as error:
+        if not analysed:
+            raise InputError(f"FID not computed: {error} (--inception PATH)") from error
+        network, missing = None, f"FID not computed: {error} (--inception PATH)"
+    calls: list[int] = []
+    counter = model.register_forward_pre_hook(lambda module, inputs: calls.append(1))  # one call per velocity
+    images = sample_images(model, experiment.train, sample, device, prompts).cpu()  # (n, 3, H, W)
+    counter.remove()
+    sampler = f"sampler {sample.method} ODE, {sample.steps} steps, NFE {len(calls)}, cfg {sample.cfg:g}"
+    metrics: dict[str, float] = {}
+    if analysed and prompts:
+        metrics = {"caption alignment": caption_alignment(images, prompts), **attribute_accuracy(images, prompts)}
+    elif analysed:
+        metrics = {"class accuracy": class_accuracy(images, torch.arange(sample.n) % num_classes)}  # generate's labels
+    if metrics:
+        print(f"analyser: {', '.join(f'{name} {value:.3f}' for name, value in metrics.items())}; n {sample.n}, "
+              f"{sampler}")
+    if network is None:
+        print(f"note: {missing}", file=sys.stderr)
+        return metrics
+    mu, sigma = fid.statistics(fid.inception_features(images, network, device=device))
+    reference = fid.reference_statistics(experiment.data, sample.n, network, device=device)
+    metrics["fid"] = fid.frechet_distance(mu, sigma, *reference)
+    print(f"FID {metrics['fid']:.2f}: protocol {fid.PROTOCOL} (PIL bicubic to {fid.INPUT_SIZE}, FID Inception "
+          f"{network.weights_sha256[:8]}), n {sample.n} samples vs {sample.n} {experiment.data['name']} images, "
+          f"{sampler}")
+    return metrics
+
+
 def demo_command(args: argparse.Namespace) -> None:
     """Run ``minidit.demo.main()``."""
     from minidit.demo import main as demo_main
@@ -184,7 +248,7 @@ def demo_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``minidit`` argument parser with its ``train``, ``sample`` and ``demo`` subcommands."""
+    """The ``minidit`` argument parser with its ``train``, ``sample``, ``eval`` and ``demo`` subcommands."""
     parser = OneLineErrorParser(prog="minidit", description="Diffusion transformers and flow models from scratch.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an input error")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--prompts", help="file with one caption per line; --n defaults to the number of captions")
     sample.add_argument("--truncate", action="store_true", help="cut prompts longer than the model reads (default: refuse)")
     sample.set_defaults(run=sample_command)
+
+    evaluate = commands.add_parser("eval", parents=[debug], help="FID of a checkpoint's samples (and, for shapes "
+                                   "models, the analyser's metrics)")
+    evaluate.add_argument("checkpoint", help="checkpoint written by `minidit train`")
+    evaluate.add_argument("--n", type=int, default=1000, help="samples, and reference images (default 1000)")
+    evaluate.add_argument("--steps", type=int, help="ODE steps (default: the config's [sample] steps)")
+    evaluate.add_argument("--method", choices=ODE_METHODS, help="ODE method (default: the config's)")
+    evaluate.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: the config's)")
+    evaluate.add_argument("--seed", type=int, help="seed of the starting noise")
+    evaluate.add_argument("--device", help="device to sample on (default: the config's [train] device)")
+    evaluate.add_argument("--inception", default=fid.DEFAULT_WEIGHTS,
+                          help=f"FID Inception weights, a local file (default {fid.DEFAULT_WEIGHTS}; from {fid.WEIGHTS_URL})")
+    evaluate.set_defaults(run=eval_command)
 
     demo = commands.add_parser("demo", parents=[debug], help="run the course demo")
     demo.set_defaults(run=demo_command)
