@@ -175,7 +175,7 @@ def test_a_real_process_exits_2_with_one_line_and_debug_shows_the_traceback(tmp_
     result = run_cli("train", str(config), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == (f"error: {config}, [train] interpolant: got 'lineer'; did you mean 'linear'? "
-                             "use one of 'linear', 'gvp', 'vp'\n")
+                             "use one of 'linear', 'gvp', 'vp', 'ddpm'\n")
     result = run_cli("sample", "ckpt.pt", "--out", "x.txt", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--out 'x.txt'" in result.stderr
     result = run_cli("train", str(config), "--debug", cwd=tmp_path)
