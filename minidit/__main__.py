@@ -33,7 +33,7 @@ import torch
 
 from minidit import fid
 from minidit.checkpoint import CheckpointError, load_checkpoint
-from minidit.config import (build_data, build_model, check_data_fits_model, load_config, parse_config,
+from minidit.config import (Experiment, build_data, build_model, check_data_fits_model, load_config, parse_config,
                             use_model_tokenizer)
 from minidit.generate import build_sample_fn, clips_to_images, default_prompts, prompt_frame_sizes, sample_images
 from minidit.samplers import ODE_METHODS
@@ -77,28 +77,39 @@ def train_command(args: argparse.Namespace) -> Path:
     return path
 
 
-def sample_command(args: argparse.Namespace) -> Path:
-    """Sample the EMA model of checkpoint ``args.checkpoint`` into the PNG ``args.out`` (a frames model: a row per
-    clip, and the GIF of the clips next to it, ``args.out`` with the suffix ``.gif``)."""
-    check_png_path(args.out)
+def load_ema_model(args: argparse.Namespace, n: int | None) -> tuple[Experiment, torch.nn.Module, torch.device]:
+    """The stored experiment of checkpoint ``args.checkpoint`` with the ``[sample]`` overrides of ``args`` (``n``,
+    ``steps``, ``method``, ``cfg``, ``seed``) and ``--device``, and its EMA model on that device.
+
+    Raises:
+        CheckpointError: for a checkpoint without a stored config.
+    """
     state = load_checkpoint(args.checkpoint)
     if not state["metadata"]:
         raise CheckpointError(
             f"checkpoint {args.checkpoint!r} stores no config, so its model cannot be rebuilt; write checkpoints "
             "with `python -m minidit train` or Trainer(..., metadata=experiment.to_dict())"
         )
-    prompts = read_prompts(args)
-    n = args.n if args.n is not None or args.prompts is None else len(prompts)
     overrides = {"n": n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
     experiment = parse_config(
         state["metadata"], f"{args.checkpoint} (stored config)",
         {"sample": {k: v for k, v in overrides.items() if v is not None}, "train": {"device": args.device} if args.device else {}},
     )
-    sample = experiment.sample
     device = resolve_device(experiment.train.device)
     model = build_model(experiment.model, experiment.source, pretrained_text=False,  # weights: the checkpoint's
                         text_length=experiment.data.get("text_length")).to(device)
     model.load_state_dict(state["ema"])
+    return experiment, model, device
+
+
+def sample_command(args: argparse.Namespace) -> Path:
+    """Sample the EMA model of checkpoint ``args.checkpoint`` into the PNG ``args.out`` (a frames model: a row per
+    clip, and the GIF of the clips next to it, ``args.out`` with the suffix ``.gif``)."""
+    check_png_path(args.out)
+    prompts = read_prompts(args)
+    n = args.n if args.n is not None or args.prompts is None else len(prompts)
+    experiment, model, device = load_ema_model(args, n)
+    sample = experiment.sample
     frames = experiment.model.get("frames", False)
     if "text_encoder" in experiment.model:
         if prompts:
@@ -191,21 +202,11 @@ def eval_command(args: argparse.Namespace) -> dict[str, float]:
     """
     from minidit.data.analyser import attribute_accuracy, caption_alignment, class_accuracy
 
-    state = load_checkpoint(args.checkpoint)
-    if not state["metadata"]:
-        raise CheckpointError(f"checkpoint {args.checkpoint!r} stores no config, so its model cannot be rebuilt; "
-                              "write checkpoints with `python -m minidit train`")
-    overrides = {"n": args.n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
-    sample_overrides = {k: v for k, v in overrides.items() if v is not None}
-    experiment = parse_config(state["metadata"], f"{args.checkpoint} (stored config)",
-                              {"sample": sample_overrides, "train": {"device": args.device} if args.device else {}})
+    experiment, model, device = load_ema_model(args, args.n)
     if experiment.model.get("type") == "mlp" or experiment.model.get("frames", False):
         raise InputError(f"{args.checkpoint}: eval measures image models (a DiT or MM-DiT on shapes, cifar10, "
                          "imagenet64 or an image folder); this one draws points or frames, so sample it instead")
-    sample, device = experiment.sample, resolve_device(experiment.train.device)
-    model = build_model(experiment.model, experiment.source, pretrained_text=False,
-                        text_length=experiment.data.get("text_length")).to(device)
-    model.load_state_dict(state["ema"])
+    sample = experiment.sample
     prompts = default_prompts(experiment, sample.n)
     num_classes = getattr(getattr(model, "config", None), "num_classes", 0)
     analysed = experiment.data["name"] == "shapes" and bool(prompts or num_classes)
