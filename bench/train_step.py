@@ -3,7 +3,8 @@
 MFU is the model's FLOPs per second (counted by hand from the architecture, training = 3 x forward) divided by the
 peak matmul FLOPs per second measured in the same run (PaLM, arXiv 2204.02311, App. B); the step is the real engine,
 ``minidit.train.Trainer.train_step`` (loss, backward, clipping, AdamW, EMA), on a synthetic batch.
-Run ``python bench/train_step.py`` (CPU, 2 threads: tiny and DiT-S/2) or ``--gpu`` (DiT-B/2, bf16, torch.compile);
+Run ``python bench/train_step.py`` (CPU, 2 threads: tiny and DiT-S/2) or ``--gpu`` (DiT-B/2 at batch 256 and DiT-XL/2
+at batch 128 on 32x32x4 latents, bf16, torch.compile);
 no notebook uses it, its test is tests/test_bench_train_step.py.
 Everything is timed in rounds: each round runs the peak matmul, one minidit step and one step of a baseline, so a
 slow or fast phase of a shared machine (on this 2-core VM, single 2048^2 matmuls ran at 91 to 171 GFLOP/s within
@@ -68,6 +69,8 @@ CPU_CASES = (
 GPU_CASES = (
     Case("b2", DiTConfig(input_size=32, patch_size=2, in_channels=4, hidden_size=768, depth=12, num_heads=12,
                          num_classes=1000), batch_size=256, precision="bf16", compile=True),
+    Case("xl2", DiTConfig(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
+                          num_classes=1000), batch_size=128, precision="bf16", compile=True),
 )
 
 
@@ -305,7 +308,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
-                        help="DiT-B/2, bf16, torch.compile, batch 256 on CUDA (default: when CUDA is available)")
+                        help="DiT-B/2 and DiT-XL/2, bf16, torch.compile on CUDA (default: when CUDA is available)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per case (CPU 1, GPU 3: compiling)")
     parser.add_argument("--steps", type=int, default=7,

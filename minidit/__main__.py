@@ -1,4 +1,4 @@
-"""The command line: ``python -m minidit train | sample | eval | demo``.
+"""The command line: ``python -m minidit train | sample | eval | export | demo``.
 
 ``train`` runs a TOML experiment (see minidit/config.py) with the flow-matching trainer, ``sample`` integrates
 a checkpoint's EMA velocity field from noise to data (SiT, arXiv 2401.08740, Sec. 2.4) into a PNG grid, with
@@ -6,6 +6,9 @@ classifier-free guidance for class-conditional models (DiT, arXiv 2212.09748, Se
 (``--prompt`` / ``--prompts``, guided against the learned null caption), and ``demo`` runs the course demo. A frames
 model (Lumina-T2X, arXiv 2405.05945: any modality as frames ``[H, W, T, C]``) samples clips of its prompts'
 modalities ("video: ..."): a PNG with a row per clip and its frames as columns, and a GIF of the clips next to it.
+``train`` under ``torchrun`` trains on every process of the job (``minidit.distributed``: DDP or FSDP2) and writes
+sharded checkpoint folders, which resume on any number of processes and which ``export`` turns into one file for
+sampling on one device (``sample`` and ``eval`` also read the folders directly).
 ``eval`` samples a checkpoint and reports its FID (``minidit.fid``: protocol, sample count, sampler and NFE with the
 number) and, for shapes models, the analyser's exact metrics (``minidit.data.analyser``).
 Used by the README, the Makefile (``make demo``), notebooks/03_dit_from_scratch.ipynb and, through
@@ -13,6 +16,8 @@ configs/frames_*.toml, notebooks/09_any_modality.ipynb.
 
 Example:
     $ python -m minidit train configs/toy_8gaussians.toml --steps 500 --out runs/toy
+    $ torchrun --standalone --nproc_per_node 2 -m minidit train configs/shapes_dit_tiny.toml --out runs/tiny
+    $ python -m minidit export runs/tiny/checkpoint runs/tiny/model.pt
     $ python -m minidit sample runs/toy/checkpoint.pt --n 2000 --steps 50 --method heun --out toy.png
     $ python -m minidit sample runs/shapes_t2i_gated/checkpoint.pt --prompt "a small red circle at the top left" --cfg 4
     $ python -m minidit sample runs/frames_video/checkpoint.pt --prompt "video: a small red circle moving right quickly"
@@ -31,8 +36,8 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from minidit import fid
-from minidit.checkpoint import CheckpointError, load_checkpoint
+from minidit import distributed, fid
+from minidit.checkpoint import CheckpointError, load_checkpoint, load_sharded_tensors, save_checkpoint
 from minidit.config import (Experiment, build_data, build_model, check_data_fits_model, load_config, parse_config,
                             use_model_tokenizer)
 from minidit.generate import build_sample_fn, clips_to_images, default_prompts, prompt_frame_sizes, sample_images
@@ -70,9 +75,9 @@ def train_command(args: argparse.Namespace) -> Path:
                       source=experiment.source, overwrite=args.overwrite)
     if args.resume:
         trainer.resume(args.resume)
-    history = trainer.train()  # saves out_dir/checkpoint.pt at the end
-    path = Path(experiment.train.out_dir) / "checkpoint.pt"
-    if history:
+    history = trainer.train()  # saves out_dir/checkpoint.pt (a checkpoint folder under torchrun) at the end
+    path = trainer.save_path()
+    if history and trainer.world.main:
         print(f"step {trainer.step}: loss {history[-1]['loss']:.4f}; checkpoint {path}")
     return path
 
@@ -84,22 +89,50 @@ def load_ema_model(args: argparse.Namespace, n: int | None) -> tuple[Experiment,
     Raises:
         CheckpointError: for a checkpoint without a stored config.
     """
-    state = load_checkpoint(args.checkpoint)
+    experiment, model = load_stored_model(args.checkpoint, "ema", {
+        "sample": {k: v for k, v in {"n": n, "steps": args.steps, "method": args.method, "cfg": args.cfg,
+                                     "seed": args.seed}.items() if v is not None},
+        "train": {"device": args.device} if args.device else {},
+    })
+    device = resolve_device(experiment.train.device)
+    return experiment, model.to(device), device
+
+
+def load_stored_model(path: str, part: str, overrides: dict | None = None) -> tuple[Experiment, torch.nn.Module]:
+    """The stored experiment of checkpoint ``path`` (a file or a sharded folder) with ``overrides``, and its
+    ``part`` (``"model"`` or ``"ema"``) weights in a model built from it on the CPU.
+
+    Raises:
+        CheckpointError: for a checkpoint without a stored config.
+    """
+    state = load_checkpoint(path)
     if not state["metadata"]:
         raise CheckpointError(
-            f"checkpoint {args.checkpoint!r} stores no config, so its model cannot be rebuilt; write checkpoints "
+            f"checkpoint {path!r} stores no config, so its model cannot be rebuilt; write checkpoints "
             "with `python -m minidit train` or Trainer(..., metadata=experiment.to_dict())"
         )
-    overrides = {"n": n, "steps": args.steps, "method": args.method, "cfg": args.cfg, "seed": args.seed}
-    experiment = parse_config(
-        state["metadata"], f"{args.checkpoint} (stored config)",
-        {"sample": {k: v for k, v in overrides.items() if v is not None}, "train": {"device": args.device} if args.device else {}},
-    )
-    device = resolve_device(experiment.train.device)
+    experiment = parse_config(state["metadata"], f"{path} (stored config)", overrides or {})
     model = build_model(experiment.model, experiment.source, pretrained_text=False,  # weights: the checkpoint's
-                        text_length=experiment.data.get("text_length")).to(device)
-    model.load_state_dict(state["ema"])
-    return experiment, model, device
+                        text_length=experiment.data.get("text_length"))
+    weights = (load_sharded_tensors(path, {part: model.state_dict()})[part] if Path(path).is_dir()
+               else state[part])
+    model.load_state_dict(weights)
+    return experiment, model
+
+
+def export_command(args: argparse.Namespace) -> Path:
+    """Write the model and EMA weights of checkpoint ``args.checkpoint`` (a sharded folder) with its config into
+    the single file ``args.out``, for ``sample`` and ``eval`` on one device; refuses to replace an existing file."""
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out}: exists; choose another file name, or delete it first (export never overwrites)")
+    state = load_checkpoint(args.checkpoint)
+    _, model = load_stored_model(args.checkpoint, "model")
+    _, ema = load_stored_model(args.checkpoint, "ema")
+    save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "step": state["step"],
+                     "config": state["config"], "metadata": state["metadata"], "exported_from": str(args.checkpoint)}, out)
+    print(f"step {state['step']}: model and EMA weights of {args.checkpoint} in {out}")
+    return out
 
 
 def sample_command(args: argparse.Namespace) -> Path:
@@ -293,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"FID Inception weights, a local file (default {fid.DEFAULT_WEIGHTS}; from {fid.WEIGHTS_URL})")
     evaluate.set_defaults(run=eval_command)
 
+    export = commands.add_parser("export", parents=[debug], help="one file of a sharded checkpoint folder, to sample "
+                                 "on one device")
+    export.add_argument("checkpoint", help="checkpoint folder written by `torchrun ... -m minidit train`")
+    export.add_argument("out", help="the .pt file to write (never overwritten)")
+    export.set_defaults(run=export_command)
+
     demo = commands.add_parser("demo", parents=[debug], help="run the course demo")
     demo.set_defaults(run=demo_command)
     return parser
@@ -311,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m minidit`` and the ``minidit`` console script.
 
     An input error (``INPUT_ERRORS``) prints ``error: <file>, [section] key: what is wrong; how to fix it`` as one
-    line on stderr and exits with code 2; ``--debug`` re-raises it to show the traceback.
+    line on stderr and exits with code 2; ``--debug`` re-raises it to show the traceback. In a torchrun job the
+    line starts with the process's rank, and any error ends the process, so torchrun stops the others and exits
+    non-zero naming the failed rank.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -320,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except INPUT_ERRORS as error:
         if args.debug:
             raise
-        parser.exit(2, f"error: {describe_error(error)}\n")
+        parser.exit(2, f"error: {distributed.rank_prefix()}{describe_error(error)}\n")
+    finally:
+        distributed.destroy()
 
 
 if __name__ == "__main__":

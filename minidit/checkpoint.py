@@ -8,13 +8,24 @@ Training recipe from DiT (arXiv 2212.09748, Sec. 4: AdamW, EMA 0.9999); used by 
 ``python -m minidit train --resume`` CLI (notebooks/03_dit_from_scratch.ipynb).
 
 Everything is stored as tensors and plain Python types, so it loads with ``torch.load(weights_only=True)``.
+
+A distributed run (``minidit.distributed``) writes a **sharded checkpoint** instead: a folder in which
+``torch.distributed.checkpoint`` (DCP) stores the model, EMA and optimizer tensors, each rank writing its own shards
+and each replicated tensor once, plus ``trainer.pt`` (step, scheduler, RNG, config) written by rank 0. DCP reads
+the tensors into the shapes of the reading job, so the folder resumes on any number of processes, or in a plain
+process without torchrun. It is written to ``.{name}.tmp`` and swapped in by two renames; a crash between them
+leaves the previous checkpoint as ``.{name}.old``, which the next save or load puts back.
 """
 from __future__ import annotations
 
 import glob
 import os
 import random
+import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,7 @@ import torch
 from minidit.validation import InputError
 
 FORMAT = "minidit-checkpoint-v1"
+TRAINER_STATE = "trainer.pt"  # the non-tensor part of a sharded checkpoint folder
 
 
 class CheckpointError(InputError):
@@ -69,6 +81,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             file and the fix.
     """
     path = Path(path)
+    if path.is_dir():
+        return load_checkpoint(_sharded_part(path, TRAINER_STATE), map_location)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the path of a .pt file written by training")
     try:
@@ -86,6 +100,85 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "pass a file written by minidit.train.Trainer.save or `python -m minidit train`"
         )
     return state
+
+
+def _recover(folder: Path) -> None:
+    """Put back ``.{name}.old`` when a crash between the two renames of a save left no ``folder``."""
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.exists() and old.is_dir():
+        old.rename(folder)
+
+
+def _sharded_part(folder: Path, name: str) -> Path:
+    """``folder / name`` of a sharded checkpoint, or a ``CheckpointError`` when the folder is not one."""
+    _recover(folder)
+    if not (folder / name).is_file() or not (folder / ".metadata").is_file():
+        raise CheckpointError(f"{str(folder)!r} is not a sharded minidit checkpoint (no {name} or .metadata in it); "
+                              "pass a checkpoint folder written by a torchrun training run, or a .pt file")
+    return folder / name
+
+
+def save_sharded_checkpoint(tensors: dict[str, Any], state: dict[str, Any], folder: str | os.PathLike) -> Path:
+    """Write a sharded checkpoint; every rank of the job calls this with its own ``tensors``.
+
+    Args:
+        tensors: ``{"model": ..., "ema": ..., "optimizer": ...}`` state dicts whose tensors may be ``DTensor``
+            shards (``torch.distributed.checkpoint.state_dict.get_state_dict``).
+        state: everything else (step, scheduler, RNG, config), written by rank 0 into ``trainer.pt``.
+        folder: the checkpoint folder; replaced whole, atomically, when every rank has written its part.
+    Returns:
+        ``folder`` as a ``Path``.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    from minidit import distributed
+
+    folder = Path(folder)
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    main = distributed.current_world().main
+    if main:
+        _recover(folder)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    with _single_process_is_intended():
+        dcp.save(tensors, checkpoint_id=tmp)
+    if main:
+        save_checkpoint(state, tmp / TRAINER_STATE)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return folder
+
+
+def load_sharded_tensors(folder: str | os.PathLike, tensors: dict[str, Any]) -> dict[str, Any]:
+    """Read the parts ``tensors`` names (e.g. ``{"ema": model.state_dict()}``) of a sharded checkpoint into them, in
+    place, resharded to this job's layout (every rank calls it, or one plain process); returns ``tensors``.
+
+    Raises:
+        CheckpointError: if ``folder`` is not a sharded checkpoint or lacks a tensor ``tensors`` asks for.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    folder = Path(folder)
+    _sharded_part(folder, TRAINER_STATE)
+    try:
+        with _single_process_is_intended():
+            dcp.load(tensors, checkpoint_id=folder)
+    except Exception as error:  # DCP raises CheckpointException / RuntimeError for missing or mismatched keys
+        raise CheckpointError(f"checkpoint {str(folder)!r} does not fit this model ({_reason(error)}); build the "
+                              "model with the config it was trained with") from error
+    return tensors
+
+
+@contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """Silence DCP's warning that it works in one process without a process group: minidit means it to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _reason(error: Exception) -> str:

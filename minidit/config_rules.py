@@ -40,7 +40,7 @@ from minidit.samplers import ODE_METHODS
 from minidit.text.pretrain import KINDS as ENCODER_KINDS
 from minidit.timesteps import TIME_SAMPLERS, get_time_sampler
 from minidit.toy import TARGETS
-from minidit.train import PRECISIONS
+from minidit.train import CHECKPOINT_FORMATS, PARALLELS, PRECISIONS
 from minidit.weighting import PREDICTIONS, WEIGHTINGS, default_time_eps
 
 NO_FIT = object()  # what ``coerce`` returns for a value that does not fit the type
@@ -162,6 +162,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "sample_every": integer(0, note=" (0 = only at the end)"),
         "checkpoint_every": integer(0, note=" (0 = only at the end)"),
         "out_dir": Rule(lambda v: v.strip() != "", "a folder name, not empty (leave the key out for runs/<config name>)"),
+        "parallel": choice(PARALLELS), "checkpoint_format": choice(CHECKPOINT_FORMATS),
+        "grad_accumulation": integer(1, note=" (micro-batches per optimizer step and process)"),
     },
     "sample": {
         "n": integer(1), "steps": integer(1), "method": choice(ODE_METHODS), "seed": SEED,

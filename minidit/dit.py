@@ -442,6 +442,14 @@ class DiT(nn.Module):
             nn.init.normal_(self.frame_tokens.nextline, std=0.02)
             nn.init.normal_(self.frame_tokens.nextframe, std=0.02)
 
+    @property
+    def condition_dropout(self) -> float:
+        """Training-time probability of the null label or caption (classifier-free guidance), or 0 without either;
+        ``minidit.train.Trainer`` draws ``force_drop`` with it for the whole batch (see ``minidit.distributed``)."""
+        if self.caption_embedder is not None:
+            return self.caption_embedder.dropout_prob
+        return self.y_embedder.dropout_prob if self.y_embedder is not None else 0.0
+
     def check_inputs(self, x: Tensor, t: Tensor, y: Tensor | None, text: Tensor | None = None,
                      text_mask: Tensor | None = None) -> tuple[int, int] | None:
         """Raise a ``ValueError`` naming the problem for badly shaped inputs; return the token grid ``(h, w)`` (or

@@ -328,6 +328,11 @@ class MMDiT(nn.Module):
                              f"({x.shape[0]}, {cfg.pooled_dim}); got {shape}")
         return x.shape[2] // cfg.patch_size, x.shape[3] // cfg.patch_size  # patchify checks divisibility
 
+    @property
+    def condition_dropout(self) -> float:
+        """Training-time probability of the null caption (0 with SD3's pooled text); see ``DiT.condition_dropout``."""
+        return self.caption_embedder.dropout_prob if self.caption_embedder is not None else 0.0
+
     def embed_text(self, text: Tensor, text_mask: Tensor, force_drop: Tensor | None,
                    pooled: Tensor | None) -> CaptionEmbedding:
         """Caption tokens ``(N, L, D)``, their mask and the pooled vector: ``CaptionEmbedder``'s, or SD3's linear

@@ -1,6 +1,6 @@
 """A training run's output folder: one run per folder, locked while it trains, never silently overwritten or mixed.
 
-``Trainer`` writes ``checkpoint.pt``, ``metrics.jsonl`` (one JSON record per line) and ``samples_{step}.png``
+``Trainer`` writes ``checkpoint.pt`` (a ``checkpoint`` folder in a distributed run), ``metrics.jsonl`` (one JSON record per line) and ``samples_{step}.png``
 into ``out_dir``. A folder that already holds these files holds a run: training there again needs an explicit
 choice, to resume it (the metrics log is cut back to the checkpoint's step, so no step appears twice) or to
 overwrite it (its run files are removed first). While a run trains, a lock file holds its process id, so a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from minidit.validation import InputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+SHARDED_CHECKPOINT_NAME = "checkpoint"  # a folder: minidit.checkpoint.save_sharded_checkpoint
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".minidit.lock"
 
@@ -36,18 +38,24 @@ def sample_grid_name(step: int) -> str:
 
 
 def run_files(folder: Path) -> list[Path]:
-    """The files of a run in ``folder``: checkpoint, temporary checkpoints, metrics log and sample grids."""
+    """The files of a run in ``folder``: checkpoint (file or sharded folder), temporary checkpoints, metrics log and
+    sample grids."""
     if not folder.is_dir():
         return []
-    names = [CHECKPOINT_NAME, METRICS_NAME]
+    names = [CHECKPOINT_NAME, SHARDED_CHECKPOINT_NAME, METRICS_NAME]
     found = [folder / name for name in names if (folder / name).exists()]
-    return found + sorted(folder.glob(f".{CHECKPOINT_NAME}.*.tmp")) + sorted(folder.glob("samples_*.png"))
+    partial = [*folder.glob(f".{CHECKPOINT_NAME}.*.tmp"), *folder.glob(f".{SHARDED_CHECKPOINT_NAME}.tmp"),
+               *folder.glob(f".{SHARDED_CHECKPOINT_NAME}.old")]
+    return found + sorted(partial) + sorted(folder.glob("samples_*.png"))
 
 
 def remove_run_files(folder: Path) -> None:
     """Delete the run files of ``folder`` (see ``run_files``); other files stay."""
     for path in run_files(folder):
-        path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def remove_samples_after(folder: Path, step: int) -> None:

@@ -30,18 +30,23 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from minidit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from minidit import distributed
+from minidit.checkpoint import (CheckpointError, load_checkpoint, load_sharded_tensors, rng_state, save_checkpoint,
+                                save_sharded_checkpoint, set_rng_state)
 from minidit.interpolants import DISCRETE_INTERPOLANTS, INTERPOLANTS, get_interpolant
-from minidit.run_folder import (CHECKPOINT_NAME, METRICS_NAME, RunLock, append_record, cut_metrics, remove_run_files,
-                                remove_samples_after, run_files, sample_grid_name)
+from minidit.run_folder import (CHECKPOINT_NAME, METRICS_NAME, SHARDED_CHECKPOINT_NAME, RunLock, append_record,
+                                cut_metrics, remove_run_files, remove_samples_after, run_files, sample_grid_name)
 from minidit.timesteps import get_time_sampler
 from minidit.validation import InputError, check_choice, check_time
 from minidit.viz import save_grid
-from minidit.weighting import PREDICTIONS, WEIGHTINGS, training_loss
+from minidit.weighting import PREDICTIONS, WEIGHTINGS, default_time_eps, draw_time_and_noise, training_loss
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PARALLELS = ("ddp", "fsdp")  # how a torchrun job shares the work (minidit.distributed)
+CHECKPOINT_FORMATS = ("auto", "file", "dcp")
 # Settings that may change between a run and its resumption without changing the losses it computes.
-RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "checkpoint_every", "out_dir", "progress", "compile", "device")
+RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "checkpoint_every", "out_dir", "progress", "compile", "device",
+                     "parallel", "grad_accumulation", "activation_checkpointing", "checkpoint_format")
 
 SampleFn = Callable[[nn.Module, int], Tensor]  # (ema_model, step) -> images (N, C, H, W) in [-1, 1]
 
@@ -63,6 +68,11 @@ class TrainConfig:
     ``steps`` is the total number of optimizer steps of the run; ``log_every``, ``sample_every`` and
     ``checkpoint_every`` count steps (0 = only at the end of ``train``). ``time_eps = None`` picks
     ``minidit.weighting.default_time_eps``. ``precision = "auto"`` means bf16 autocast on CUDA, fp32 elsewhere.
+    ``batch_size`` is the global batch of one optimizer step: under torchrun each of the N processes takes
+    ``batch_size / N`` rows of it, in ``grad_accumulation`` micro-batches; ``parallel`` (``"ddp"`` or ``"fsdp"``) and
+    ``activation_checkpointing`` are explained in ``minidit.distributed``. ``checkpoint_format``: ``"file"``, one
+    ``checkpoint.pt``; ``"dcp"``, a sharded ``checkpoint`` folder (``minidit.checkpoint``); ``"auto"``, the folder under
+    torchrun or when resuming one, else the file.
     """
 
     steps: int = 1000
@@ -89,14 +99,20 @@ class TrainConfig:
     device: str = "auto"
     time_bins: int = 10
     progress: bool = True
+    parallel: str = "ddp"
+    grad_accumulation: int = 1
+    activation_checkpointing: bool = False
+    checkpoint_format: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("interpolant", self.interpolant, {**INTERPOLANTS, **DISCRETE_INTERPOLANTS})
         check_choice("prediction", self.prediction, PREDICTIONS)
         check_choice("weighting", self.weighting, WEIGHTINGS)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("parallel", self.parallel, PARALLELS)
+        check_choice("checkpoint_format", self.checkpoint_format, CHECKPOINT_FORMATS)
         self.betas = tuple(self.betas)
-        for name in ("steps", "batch_size", "time_bins"):
+        for name in ("steps", "batch_size", "time_bins", "grad_accumulation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "log_every", "sample_every", "checkpoint_every"):
@@ -242,14 +258,29 @@ class Trainer:
     ):
         self.config, self.data, self.sample_fn, self.metadata = config, data, sample_fn, metadata or {}
         self.source, self.overwrite = source, overwrite
-        self.device = resolve_device(config.device)
+        self.world, self.device = distributed.init_process_group(resolve_device(config.device))
+        share = self.world.size * config.grad_accumulation
+        if config.batch_size % share:
+            raise InputError(f"{self._where()}[train] batch_size: {config.batch_size} does not split into {self.world.size} "
+                             f"process(es) x grad_accumulation {config.grad_accumulation} = {share} equal parts; "
+                             f"use a multiple of {share}")
+        if config.checkpoint_format == "file" and self.world.size > 1:
+            raise InputError(f"{self._where()}[train] checkpoint_format: 'file' is written by one process, but this job "
+                             f"has {self.world.size}; use 'dcp' or 'auto' (python -m minidit export makes one file of it)")
         self.autocast_dtype = resolve_autocast_dtype(config.precision, self.device)
         self.model = model.to(self.device)
         self.ema = EMA(self.model, config.ema_decay)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        param_dtype = self.autocast_dtype if self.device.type == "cuda" else None  # FSDP2: bf16 weights on CUDA
+        self.parallel_model = distributed.parallelize(self.model, self.ema.model, self.world, config.parallel,
+                                                      self.device, param_dtype, config.activation_checkpointing)
+        self.forward = torch.compile(self.parallel_model) if config.compile else self.parallel_model
         self.interpolant = get_interpolant(config.interpolant)
         self.time_sampler = get_time_sampler(config.time_sampler, **config.time_sampler_params)
-        self.generator = torch.Generator().manual_seed(config.seed)  # t and eps; CPU so runs resume on any device
+        self.time_eps = (default_time_eps(self.interpolant, config.prediction, config.weighting)
+                         if config.time_eps is None else config.time_eps)
+        # t, eps and the guidance drops of the whole batch, the same on every rank; on the CPU, so that runs resume
+        # on any device
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = torch.optim.AdamW(  # the fused kernel updates all parameters in one pass on CPU and CUDA
             self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
             fused=self.device.type in ("cpu", "cuda") or None,
@@ -266,24 +297,51 @@ class Trainer:
     def _to_device(self, value: Any) -> Any:
         return value.to(self.device, non_blocking=True) if isinstance(value, Tensor) else value
 
-    def train_step(self) -> tuple[Tensor, Tensor, float, Tensor]:
-        """One optimizer step on batch ``self.step``.
+    def backward(self) -> tuple[Tensor, Tensor]:
+        """Put the gradient of step ``self.step``'s loss, the mean over the global batch, into the parameters' ``.grad``.
+
+        The batch, ``t``, ``eps`` and the guidance drops (``force_drop`` with the model's ``condition_dropout``) are
+        drawn for the whole batch; this rank computes its rows (``World.rows``) in ``grad_accumulation`` micro-batches,
+        each adding ``sum(losses) / rows`` to the gradients (averaged over the ranks on the last one).
 
         Returns:
-            ``(per_sample_loss (B,), t (B,), lr, grad_norm ())``; tensors detached, left on the device (no sync).
+            ``(per_sample_loss (b,), t (b,))`` of this rank's ``b`` rows, detached, on the device.
+        """
+        cfg, batch = self.config, self.config.batch_size
+        x, model_kwargs = self.data.get_batch(self.step, batch)
+        t_and_noise = draw_time_and_noise(tuple(x.shape), self.time_sampler, self.time_eps, self.generator)
+        dropout = getattr(self.model, "condition_dropout", 0.0)
+        if dropout > 0:
+            model_kwargs = {**model_kwargs, "force_drop": torch.rand(batch, generator=self.generator) < dropout}
+        rows = self.world.rows(batch)
+        micro = (rows.stop - rows.start) // cfg.grad_accumulation
+        precision = torch.autocast(self.device.type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, times = [], []
+        for index in range(cfg.grad_accumulation):
+            part = slice(rows.start + index * micro, rows.start + (index + 1) * micro)
+            inputs = {k: self._to_device(distributed.shard_value(v, part, batch)) for k, v in model_kwargs.items()}
+            with distributed.gradient_sync(self.parallel_model, index == cfg.grad_accumulation - 1):
+                with precision:
+                    per_sample, t = training_loss(
+                        self.forward, self._to_device(x[part]), self.interpolant, cfg.prediction, cfg.weighting,
+                        model_kwargs=inputs, t_and_noise=(t_and_noise[0][part], t_and_noise[1][part]),
+                    )
+                (per_sample.sum() / (rows.stop - rows.start)).backward()
+            losses.append(per_sample.detach())
+            times.append(t.detach())
+        return torch.cat(losses), torch.cat(times)
+
+    def train_step(self) -> tuple[Tensor, Tensor, float, Tensor]:
+        """One optimizer step on batch ``self.step`` (``backward``, clipping, AdamW, scheduler, EMA).
+
+        Returns:
+            ``(per_sample_loss (b,), t (b,), lr, grad_norm ())`` for this rank's ``b`` rows of the batch; tensors
+            detached, left on the device (no sync).
         """
         cfg = self.config
-        x, model_kwargs = self.data.get_batch(self.step, cfg.batch_size)
-        x, model_kwargs = self._to_device(x), {k: self._to_device(v) for k, v in model_kwargs.items()}
-        self.model.train()
-        precision = torch.autocast(self.device.type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
-        with precision:
-            per_sample, t = training_loss(
-                self.forward, x, self.interpolant, cfg.prediction, cfg.weighting,
-                self.time_sampler, cfg.time_eps, model_kwargs, self.generator,
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        per_sample.mean().backward()
+        per_sample, t = self.backward()
         max_norm = cfg.grad_clip if cfg.grad_clip else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -291,7 +349,7 @@ class Trainer:
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
-        return per_sample.detach(), t.detach(), lr, grad_norm.detach()
+        return per_sample, t, lr, grad_norm.detach()
 
     def train(self, steps: int | None = None) -> list[dict[str, Any]]:
         """Train ``steps`` more steps, or up to ``config.steps`` in total when ``steps`` is ``None``.
@@ -332,7 +390,8 @@ class Trainer:
         finite_steps = torch.zeros((), dtype=torch.long, device=self.device)
         first_step = self.step
         window_start, clock = self.step, time.perf_counter()
-        bar = tqdm(total=end, initial=self.step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=end, initial=self.step, desc="train", disable=not (cfg.progress and self.world.main),
+                   dynamic_ncols=True)
         while self.step < end:
             per_sample, t, lr, grad_norm = self.train_step()
             finite.logical_and_(torch.isfinite(per_sample).all())
@@ -345,7 +404,7 @@ class Trainer:
             log_now = _due(self.step, cfg.log_every, last)
             sample_now = self.out_dir is not None and self.sample_fn is not None and _due(self.step, cfg.sample_every, last)
             save_now = self.out_dir is not None and _due(self.step, cfg.checkpoint_every, last)
-            if (log_now or sample_now or save_now) and not bool(finite):
+            if (log_now or sample_now or save_now) and not distributed.all_true(finite):
                 bar.close()
                 self._diverged(first_step + int(finite_steps) + 1)
             if log_now:
@@ -361,7 +420,7 @@ class Trainer:
         bar.close()
 
     def _diverged(self, step: int) -> None:
-        checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+        checkpoint = self.save_path()
         kept = (f"the last checkpoint, {checkpoint}, holds finite weights; " if checkpoint is not None and checkpoint.exists()
                 else "")
         raise DivergenceError(
@@ -379,15 +438,20 @@ class Trainer:
         if self.out_dir is None:
             yield
             return
-        with RunLock(self.out_dir):
+        lock = distributed.on_main(RunLock(self.out_dir).acquire)  # rank 0 holds it for the job
+        try:
             if not self._out_dir_checked:
-                self._claim_out_dir()
+                distributed.on_main(self._claim_out_dir)
                 self._out_dir_checked = True
             yield
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _claim_out_dir(self) -> None:
-        own_checkpoint = self.out_dir / CHECKPOINT_NAME
-        if self.resumed_from is not None and self.resumed_from.resolve() == own_checkpoint.resolve():
+        own_checkpoint = self.save_path()
+        own = {(self.out_dir / name).resolve() for name in (CHECKPOINT_NAME, SHARDED_CHECKPOINT_NAME)}
+        if self.resumed_from is not None and self.resumed_from.resolve() in own:
             if self.overwrite:
                 raise InputError(f"{self.out_dir}: overwrite would delete the checkpoint being resumed; "
                                  "pass --resume to continue the run or --overwrite to replace it, not both")
@@ -405,77 +469,165 @@ class Trainer:
             )
 
     def _log(self, sums: Tensor, counts: Tensor, lr: float, grad_norm: Tensor, steps_per_s: float) -> dict[str, Any]:
+        distributed.all_sum_(sums)  # every rank's rows: the numbers a single process logs
+        distributed.all_sum_(counts)
         loss = float(sums.sum() / counts.sum())
         bin_means = (sums / counts).tolist()
         record = {
             "step": self.step,
             "loss": loss,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": float(distributed.full(grad_norm)),
             "bin_loss": [m if c > 0 else None for m, c in zip(bin_means, counts.tolist())],
             "bin_count": [int(c) for c in counts.tolist()],
             "steps_per_s": steps_per_s,
         }
         self.history.append(record)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.world.main:
             append_record(self.out_dir / METRICS_NAME, record)
         return record
 
     @torch.no_grad()
     def save_samples(self) -> Path:
-        """Save ``sample_fn(ema_model, step)`` as ``out_dir/samples_{step:07d}.png``, mapping [-1, 1] to [0, 1]."""
+        """Save ``sample_fn(ema_model, step)`` as ``out_dir/samples_{step:07d}.png``, mapping [-1, 1] to [0, 1].
+
+        Rank 0 samples and saves; with FSDP every rank takes part in sampling its sharded EMA model.
+        """
         if self.out_dir is None or self.sample_fn is None:
             raise ValueError("save_samples needs config.out_dir and a sample_fn; pass both to Trainer")
-        images = self.sample_fn(self.ema.model, self.step)
-        return save_grid(images, self.out_dir / sample_grid_name(self.step))
+        path = self.out_dir / sample_grid_name(self.step)
+        if self.world.main or distributed.sharded(self.ema.model):
+            images = self.sample_fn(self.ema.model, self.step)
+            if self.world.main:
+                save_grid(images, path)
+        return path
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly (see ``minidit.checkpoint``)."""
+    def _run_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the tensors of model, EMA and optimizer."""
         return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.generator),
-            "step": self.step,
+            "step": self.step,  # also the data position: batch ``step`` is the data's get_batch(step, batch_size)
             "config": dataclasses.asdict(self.config),
             "metadata": self.metadata,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue a single-process run exactly (see ``minidit.checkpoint``)."""
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            **self._run_state(),
+        }
+
+    def _sharded_checkpoints(self) -> bool:
+        """Whether this run writes sharded checkpoint folders (``TrainConfig.checkpoint_format``)."""
+        if self.config.checkpoint_format != "auto":
+            return self.config.checkpoint_format == "dcp"
+        resumed_folder = self.resumed_from is not None and self.resumed_from.is_dir()
+        return self.world.size > 1 or distributed.launched_by_torchrun() or resumed_folder
+
+    def _sharded_tensors(self) -> dict[str, Any]:
+        """Model, EMA and optimizer state dicts keyed by parameter names, as this job shards them."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        return {"model": model, "ema": get_model_state_dict(self.ema.model), "optimizer": optimizer}
+
+    def save_path(self) -> Path | None:
+        """Where ``save`` writes by default: ``out_dir/checkpoint.pt``, or the folder ``out_dir/checkpoint``."""
+        if self.out_dir is None:
+            return None
+        return self.out_dir / (SHARDED_CHECKPOINT_NAME if self._sharded_checkpoints() else CHECKPOINT_NAME)
+
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically to ``path`` (default ``out_dir/checkpoint.pt``) and return its path.
+        """Write a checkpoint atomically to ``path`` (default ``out_dir/checkpoint.pt``, or the folder
+        ``out_dir/checkpoint`` for sharded checkpoints; every rank of a distributed job calls this) and return its path.
 
         Raises:
             DivergenceError: if a weight of the model or its EMA is non-finite; nothing is written, so the
                 previous checkpoint stays.
         """
+        sharded = self._sharded_checkpoints()
+        path = path if path is not None else self.save_path()
         if path is None:
-            if self.out_dir is None:
-                raise ValueError("Trainer.save needs a path or config.out_dir")
-            path = self.out_dir / CHECKPOINT_NAME
-        state = self.state_dict()
+            raise ValueError("Trainer.save needs a path or config.out_dir")
+        tensors = self._sharded_tensors() if sharded else self.state_dict()
         for part in ("model", "ema"):
-            bad = [name for name, value in state[part].items() if value.is_floating_point() and not value.isfinite().all()]
-            if bad:
+            bad = [name for name, value in tensors[part].items()
+                   if value.is_floating_point() and not _local(value).isfinite().all()]
+            if not distributed.all_true(torch.tensor(not bad)):
+                where = f" ({bad[0]} and {len(bad) - 1} more)" if bad else ""
                 raise DivergenceError(
-                    f"{self._where()}[train] lr: the {part} weights are non-finite at step {self.step} ({bad[0]} and "
-                    f"{len(bad) - 1} more), so {path} was not written; lower lr, keep grad_clip, or train with "
+                    f"{self._where()}{distributed.rank_prefix()}[train] lr: the {part} weights are non-finite at step "
+                    f"{self.step}{where}, so {path} was not written; lower lr, keep grad_clip, or train with "
                     "precision = 'fp32'"
                 )
-        return save_checkpoint(state, path)
+        if sharded:
+            return save_sharded_checkpoint(tensors, self._run_state(), path)
+        return save_checkpoint(tensors, path)
 
     def resume(self, path: str | Path) -> Trainer:
         """Restore a checkpoint written by ``save``; the next ``train`` continues the run exactly.
 
-        When ``path`` is ``out_dir/checkpoint.pt``, the next ``train`` cuts ``out_dir/metrics.jsonl`` back to the
-        checkpoint's step, so a step logged after the checkpoint by a killed run is not logged twice.
+        A sharded checkpoint folder resumes on any number of processes; a ``checkpoint.pt`` file on one, or on
+        several (each rank reads the whole file). When ``path`` is out_dir's own checkpoint, the next ``train`` cuts
+        ``out_dir/metrics.jsonl`` back to the checkpoint's step, so a step logged after the checkpoint by a killed
+        run is not logged twice.
 
         Raises:
-            CheckpointError: if the file is unreadable, or was written with settings (other than
-                ``RESUMABLE_CHANGES``), ``metadata["model"]`` / ``metadata["data"]`` sections or a model that
-                differ from this trainer's; the message names every differing key.
+            CheckpointError: if the file is unreadable, exported for sampling only, or was written with settings
+                (other than ``RESUMABLE_CHANGES``), ``metadata["model"]`` / ``metadata["data"]`` sections or a model
+                that differ from this trainer's; the message names every differing key.
         """
         state = load_checkpoint(path)
+        if "scheduler" not in state:
+            raise CheckpointError(f"{path} was exported for sampling and holds no optimizer state; resume from the "
+                                  "checkpoint it was exported from")
+        self._check_resumable(path, state)
+        try:
+            if Path(path).is_dir():
+                self._load_sharded(path)
+            elif self.world.size > 1:
+                self._load_full(state)
+            else:
+                self.model.load_state_dict(state["model"])
+                self.ema.model.load_state_dict(state["ema"])
+                self.optimizer.load_state_dict(state["optimizer"])
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds a different model ({error}); build the model with the config it was trained with"
+            ) from error
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], self.generator)
+        self.step = state["step"]
+        self.resumed_from = Path(path)
+        return self
+
+    def _load_sharded(self, path: str | Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+        tensors = load_sharded_tensors(path, self._sharded_tensors())
+        set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"],
+                       optim_state_dict=tensors["optimizer"])
+        set_model_state_dict(self.ema.model, tensors["ema"])
+
+    def _load_full(self, state: dict[str, Any]) -> None:
+        """Load a single-process checkpoint into every rank of this job (each reads the whole file)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+        names = [name for name, _ in self.model.named_parameters()]  # optimizer.state_dict() numbers them in this order
+        saved = state["optimizer"]
+        optimizer = {"state": {names[index]: value for index, value in saved["state"].items()},
+                     "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                      for group in saved["param_groups"]]}
+        options = StateDictOptions(full_state_dict=True)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=optimizer,
+                       options=options)
+        set_model_state_dict(self.ema.model, state["ema"], options=options)
+
+    def _check_resumable(self, path: str | Path, state: dict[str, Any]) -> None:
         fixed = [(k, v) for k, v in dataclasses.asdict(self.config).items() if k not in RESUMABLE_CHANGES]
         changed = [
             (section, key, old, new)
@@ -493,19 +645,11 @@ class Trainer:
                 f"{path}, {keys}: changed since the checkpoint ({described}); resume with the checkpoint's values, "
                 "or start a new run in another out_dir"
             )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.ema.model.load_state_dict(state["ema"])
-        except RuntimeError as error:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds a different model ({error}); build the model with the config it was trained with"
-            ) from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.generator)
-        self.step = state["step"]
-        self.resumed_from = Path(path)
-        return self
+
+
+def _local(value: Tensor) -> Tensor:
+    """This rank's shard of a ``DTensor``, or the tensor itself."""
+    return value.to_local() if hasattr(value, "to_local") else value
 
 
 def _due(step: int, every: int, last: bool) -> bool:

@@ -151,6 +151,29 @@ def default_time_eps(interpolant: Interpolant | str, prediction: str, weighting:
     return 0.0 if finite_velocity_loss or name == "ddpm" else 1e-3
 
 
+def draw_time_and_noise(
+    shape: tuple[int, ...], time_sampler: Any = None, time_eps: float = 0.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The random part of one training batch: ``t`` from ``time_sampler`` (uniform when ``None``) squeezed into
+    ``[time_eps, 1 - time_eps]``, then ``eps ~ N(0, I)``, both from ``generator`` and on its device.
+
+    A trainer that splits a batch over processes or micro-batches draws them for the whole batch and hands each
+    part its rows, so the run does not depend on how the batch is split (``minidit.distributed``).
+
+    Args:
+        shape: the batch's shape ``(N, ...)``.
+    Returns:
+        ``(t (N,), eps (N, ...))`` float32.
+    """
+    device = generator.device if generator is not None else "cpu"
+    if time_sampler is None:
+        u = torch.rand(shape[0], generator=generator, device=device)
+    else:
+        u = time_sampler.sample(shape[0], generator=generator)
+    t = time_eps + (1 - 2 * time_eps) * u
+    return t, torch.randn(shape, generator=generator, device=device)
+
+
 def training_loss(
     model: Callable[..., Tensor],
     x0: Tensor,
@@ -161,12 +184,14 @@ def training_loss(
     time_eps: float | None = None,
     model_kwargs: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    t_and_noise: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The flow-matching loss used by every training loop in minidit.
 
-    Samples ``t`` from ``time_sampler`` (uniform when ``None``) squeezed into ``[time_eps, 1 - time_eps]``,
-    builds ``x_t``, calls ``model(x_t, t, **model_kwargs)`` and compares its output with the target of
-    ``prediction`` (``u_t``, ``-eps / sigma``, ``eps`` or ``x0``), weighted by ``loss_weight``.
+    Samples ``t`` and ``eps`` (``draw_time_and_noise``, with ``time_eps`` of ``default_time_eps`` when ``None``)
+    unless ``t_and_noise`` gives them, builds ``x_t``, calls ``model(x_t, t, **model_kwargs)`` and compares its
+    output with the target of ``prediction`` (``u_t``, ``-eps / sigma``, ``eps`` or ``x0``), weighted by
+    ``loss_weight``.
 
     Args:
         model: network, ``model(x_t (N, ...), t (N,), **model_kwargs) -> (N, ...)``.
@@ -176,6 +201,7 @@ def training_loss(
         time_eps: train-time epsilon; ``None`` picks ``default_time_eps``.
         model_kwargs: extra inputs for the model, e.g. ``{"y": labels}``.
         generator: RNG for ``t`` and ``eps`` (reproducible runs).
+        t_and_noise: ``(t (N,), eps (N, ...))`` drawn beforehand; then nothing is drawn here.
     Returns:
         ``(per_sample_loss (N,), t (N,))``; the training loss is ``per_sample_loss.mean()``. Keeping ``t``
         lets a trainer log the loss per time bin.
@@ -183,16 +209,10 @@ def training_loss(
     path = get_interpolant(interpolant)
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("weighting", weighting, WEIGHTINGS)
-    n = x0.shape[0]
-    if time_eps is None:
-        time_eps = default_time_eps(path, prediction, weighting)
-    if time_sampler is None:
-        u = torch.rand(n, generator=generator, device=generator.device if generator else "cpu")
-    else:
-        u = time_sampler.sample(n, generator=generator)
-    t = (time_eps + (1 - 2 * time_eps) * u).to(device=x0.device, dtype=x0.dtype)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else "cpu")
-    noise = noise.to(device=x0.device, dtype=x0.dtype)
+    if t_and_noise is None:
+        eps = default_time_eps(path, prediction, weighting) if time_eps is None else time_eps
+        t_and_noise = draw_time_and_noise(tuple(x0.shape), time_sampler, eps, generator)
+    t, noise = (value.to(device=x0.device, dtype=x0.dtype) for value in t_and_noise)
     x_t = path.interpolate(x0, noise, t)
     out = model(x_t, t, **(model_kwargs or {}))
     if out.shape != x0.shape:

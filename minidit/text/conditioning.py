@@ -178,6 +178,11 @@ class TextToImage(nn.Module):
         """The denoiser's config (``in_channels``, ``input_size``, ... for sampling)."""
         return self.denoiser.config
 
+    @property
+    def condition_dropout(self) -> float:
+        """The denoiser's probability of the null caption in training (``DiT.condition_dropout``)."""
+        return self.denoiser.condition_dropout
+
     def train(self, mode: bool = True) -> TextToImage:
         """Set the denoiser's mode; a frozen encoder always stays in eval mode."""
         super().train(mode)
