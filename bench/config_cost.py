@@ -1,12 +1,14 @@
-"""What a text-to-image or text-to-frames config costs on a GPU: parameters, memory of weights, optimizer states and
-activations, FLOPs and time.
+"""What a config costs on a GPU (class-conditional pixels or latents, text-to-image, text-to-frames): parameters,
+memory of weights, optimizer states and activations, FLOPs and time.
 
 For the DiT (with its refiner) of a config's ``[model]`` section, FLOPs of one training step are counted, not
 assumed: ``FlopCounterMode`` on a forward and backward pass of one sample on the CPU plus three times the attention
 products it does not see (``bench/refiner.py``), times the batch size. A frozen Hugging Face text encoder adds its
 forward, about ``2 x parameters x tokens`` per caption (every weight in one multiply-add per token), from its
-published parameter count (``--lm-params``); a text encoder trained from scratch (``text_encoder = "scratch"``) is
-part of the counted model and of the trainable weights. A frames model (``frames = true``, Lumina-T2X, arXiv
+published parameter count (``--lm-params``); minidit's own frozen encoders (``text_encoder = "bidirectional"``,
+...) are counted with the model, their forward only (with ``--text-dim``, a stand-in as above); a text encoder
+trained from scratch (``text_encoder = "scratch"``) is part of the counted model and of the trainable weights; a
+class-conditional model is counted with one label per sample. A frames model (``frames = true``, Lumina-T2X, arXiv
 2405.05945: any modality as frames ``[H, W, T, C]``) is counted on one sample ``(1, H, W, T, C)``: ``H = W =
 input_size`` and ``T = --frames``, or else each modality of the ``[data]`` section at its own size: FLOPs are their
 mean, since the data serves the modalities in turn, and activations those of the largest. Memory counts the
@@ -15,9 +17,11 @@ and the frozen encoder in bf16 (2 bytes), and the activations: the bytes autogra
 forward under bf16 autocast on the CPU (each storage once), per sample (the difference of batches of 2 and 1) times
 the batch, without activation checkpointing; GPU attention kernels and ``torch.compile``'s fusions save
 differently, so it is an estimate to check with bench/gpu_check.sh. Time assumes ``--mfu`` of ``--peak-tflops`` (the default: 40% of an H100 SXM's 989 dense bf16
-TFLOP/s), an assumption stated in the output, not a measurement. Used for the estimates written in
+TFLOP/s), an assumption stated in the output, not a measurement; ``--gpus N`` divides time and activations by N
+(perfect scaling; the weights too under ``[train] parallel = "fsdp"``). Used for the estimates written in
 configs/shapes_t2i_llm_hf.toml (``python bench/config_cost.py configs/shapes_t2i_llm_hf.toml --text-dim 896
---lm-params 494e6``), configs/frames_video_gpu.toml and configs/frames_joint_gpu.toml.
+--lm-params 494e6``), configs/frames_*_gpu.toml, configs/shapes_t2i_*_gpu.toml, configs/cifar10_dit_b2.toml and
+configs/imagenet*_xl2.toml (``--gpus 8``).
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, help="T of a frames model's samples (default: the [data] modalities')")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (default H100 SXM)")
     parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs sharing each batch (torchrun); time and activations "
+                        "per GPU divide by it, and so do the weights with [train] parallel = \"fsdp\"")
     return parser.parse_args(argv)
 
 
@@ -77,12 +83,18 @@ def activation_bytes_per_sample(model: nn.Module, x: torch.Tensor, model_kwargs:
 
 def build_counted_model(experiment: Experiment,
                         args: argparse.Namespace) -> tuple[nn.Module, DiT, dict[str, torch.Tensor]]:
-    """The model whose FLOPs are counted, its DiT, and one sample's text inputs: a ``TextToImage`` with its encoder
-    for ``text_encoder = "scratch"`` (token ids of the longest caption), else the DiT alone (features of width
+    """The model whose FLOPs are counted, its DiT, and one sample's inputs: the DiT alone and a label without a text
+    encoder; a ``TextToImage`` with its encoder for ``"scratch"`` or a minidit encoder (token ids of the longest
+    caption); else (``"hf"``, or any frozen encoder with ``--text-dim``) the DiT alone (features of width
     ``--text-dim`` from the frozen encoder, ``text_max_length`` of them)."""
     values = check_model(experiment.model, args.config)
-    if values.get("text_encoder") == "scratch":
-        model = build_model(experiment.model, args.config, text_length=experiment.data.get("text_length"))
+    if "text_encoder" not in values:  # class-conditional (or unconditional) images or latents: one label
+        model = build_model(experiment.model, args.config)
+        return model, model, {"y": torch.zeros(1, dtype=torch.long)} if model.config.num_classes else {}
+    if values["text_encoder"] == "scratch" or (values["text_encoder"] != "hf" and args.text_dim is None):
+        # trained with the DiT, or one of minidit's frozen encoders (untrained here); --text-dim stands in a frozen one
+        model = build_model(experiment.model, args.config, pretrained_text=False,
+                            text_length=experiment.data.get("text_length"))
         length, vocabulary = model.text_length, model.encoder.config.vocab_size
         ids = torch.randint(4, vocabulary, (1, length), generator=torch.Generator().manual_seed(0))
         return model, model.denoiser, {"text_ids": ids, "text_mask": torch.ones(1, length, dtype=torch.bool)}
@@ -98,7 +110,7 @@ def build_counted_model(experiment: Experiment,
 def sample_shapes(experiment: Experiment, config: DiTConfig, args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     """One sample's shape by name: ``(C, H, W)`` of an image model; ``(H, W, T, C)`` of a frames model, with
     ``T = --frames`` at ``input_size``, or else of each modality of the ``[data]`` section."""
-    if not config.frames:
+    if not getattr(config, "frames", False):  # an MM-DiT reads images only
         return {"image": (config.in_channels, config.input_size, config.input_size)}
     if args.frames is not None:
         return {"frames": (config.input_size, config.input_size, args.frames, config.in_channels)}
@@ -115,27 +127,35 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     xs = {name: torch.randn(1, *shape) for name, shape in shapes.items()}
     dit_flops = statistics.fmean(refiner_bench.training_flops(model, x, kwargs) for x in xs.values()) * batch
     activations = max(activation_bytes_per_sample(model, x, kwargs) for x in xs.values()) * batch / 2**30
-    text_length = kwargs["text_mask"].shape[1]
+    text_length = kwargs["text_mask"].shape[1] if "text_mask" in kwargs else 0
     lm_flops = 2 * args.lm_params * text_length * batch
-    trainable = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = args.lm_params + sum(p.numel() for p in model.parameters() if not p.requires_grad)
     encoder = trainable - sum(p.numel() for p in dit.parameters())
-    memory = (trainable * (16 + 4) + args.lm_params * 2) / 2**30
-    seconds = (dit_flops + lm_flops) / (args.peak_tflops * 1e12 * args.mfu)
-    refiner = sum(p.numel() for p in dit.text_refiner.parameters()) if dit.text_refiner is not None else 0
+    memory = (trainable * (16 + 4) + frozen * 2) / 2**30
+    shards = args.gpus if experiment.train.parallel == "fsdp" else 1
+    gpu_memory = (trainable * (16 + 4) / shards + frozen * 2) / 2**30
+    seconds = (dit_flops + lm_flops) / (args.peak_tflops * 1e12 * args.mfu * args.gpus)
+    text_refiner = getattr(dit, "text_refiner", None)
+    refiner = sum(p.numel() for p in text_refiner.parameters()) if text_refiner is not None else 0
     result = {"trainable_params_m": trainable / 1e6, "refiner_params_m": refiner / 1e6,
               "text_encoder_params_m": encoder / 1e6, "step_tflop": (dit_flops + lm_flops) / 1e12,
               "lm_share": lm_flops / (dit_flops + lm_flops), "weights_gib": memory, "activations_gib": activations,
+              "gpu_weights_gib": gpu_memory, "gpu_activations_gib": activations / args.gpus,
               "step_s": seconds, "hours": seconds * steps / 3600}
     print(f"{args.config}: {trainable / 1e6:.1f} M trainable parameters (refiner {refiner / 1e6:.1f} M, text encoder "
-          f"trained with it {encoder / 1e6:.1f} M), frozen encoder {args.lm_params / 1e6:.0f} M")
-    if dit.config.frames:
+          f"trained with it {encoder / 1e6:.1f} M), frozen encoder {frozen / 1e6:.1f} M")
+    if getattr(dit.config, "frames", False):
         print("frames (H, W, T, C): " + ", ".join(f"{name} {shape}" for name, shape in shapes.items())
               + (" (FLOPs: their mean; activations: the largest)" if len(shapes) > 1 else ""))
     print(f"training step, batch {batch}, {text_length} caption tokens: {result['step_tflop']:.2f} TFLOP "
           f"(encoder forward {result['lm_share']:.1%}); weights, gradients, AdamW and EMA {memory:.1f} GiB "
           f"plus activations {activations:.1f} GiB (bf16 autocast, saved for backward, counted on the CPU)")
-    print(f"at an assumed {args.mfu:.0%} of {args.peak_tflops:.0f} TFLOP/s: {seconds * 1000:.0f} ms per step, "
-          f"{result['hours']:.1f} h for {steps} steps")
+    if args.gpus > 1:
+        print(f"per GPU of {args.gpus} ({experiment.train.parallel}): weights {gpu_memory:.1f} GiB plus activations "
+              f"{activations / args.gpus:.1f} GiB ({batch / args.gpus:g} samples); the time assumes perfect scaling")
+    print(f"at an assumed {args.mfu:.0%} of {args.peak_tflops:.0f} TFLOP/s per GPU on {args.gpus} GPU(s): "
+          f"{seconds * 1000:.0f} ms per step, {result['hours']:.1f} h for {steps} steps")
     return result
 
 

@@ -40,7 +40,8 @@ from minidit import distributed, fid
 from minidit.checkpoint import CheckpointError, load_checkpoint, load_sharded_tensors, save_checkpoint
 from minidit.config import (Experiment, build_data, build_model, check_data_fits_model, load_config, parse_config,
                             use_model_tokenizer)
-from minidit.generate import build_sample_fn, clips_to_images, default_prompts, prompt_frame_sizes, sample_images
+from minidit.data.latents import add_cache_parser
+from minidit.generate import build_sample_fn, decode_latents, clips_to_images, default_prompts, prompt_frame_sizes, sample_images
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device
 from minidit.validation import InputError
@@ -154,6 +155,7 @@ def sample_command(args: argparse.Namespace) -> Path:
                          "text-to-image checkpoint (a config with text_encoder in [model])")
     frame_sizes = prompt_frame_sizes(experiment, prompts) if frames else None
     samples = sample_images(model, experiment.train, sample, device, prompts, frame_sizes)
+    samples = decode_latents(experiment, samples)  # a latent model's samples through its VAE
     if frame_sizes is None:
         out = save_grid(samples, args.out)
         print(f"{sample.n} samples, {sample.steps} {sample.method} steps, cfg {sample.cfg}: {out}")
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", parents=[debug], help="run the course demo")
     demo.set_defaults(run=demo_command)
+    add_cache_parser(commands, parents=[debug])
     return parser
 
 

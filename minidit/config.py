@@ -46,7 +46,7 @@ MODEL_TYPES = ("mlp", "dit", "mmdit")
 # [model] keys of text-to-image models beyond the denoiser's config: path and length for text_encoder = "hf" only,
 # depth for text_encoder = "scratch" only
 TEXT_KEYS = ("text_encoder", "text_layer", "text_encoder_path", "text_max_length", "text_encoder_depth")
-DATA_NAMES = ("toy", "shapes", "cifar10", "imagenet64", "folder", "frames")
+DATA_NAMES = ("toy", "shapes", "cifar10", "imagenet64", "folder", "frames", "latents")
 FRAMES_TEXT_LENGTH = 24  # tokens per caption of frames data; the positions of a scratch text encoder by default
 
 
@@ -396,11 +396,13 @@ def frames_data(modalities: Sequence[str], resolution: int = 24, video_frames: i
 
 def _data_builders() -> dict[str, Callable[..., Any]]:
     from minidit.data import datasets
+    from minidit.data.latents import LatentDataset
     from minidit.data.shapes import ShapesDataset
     from minidit.toy import ToyData
 
     return {"toy": ToyData, "shapes": ShapesDataset, "cifar10": datasets.cifar10,
-            "imagenet64": datasets.imagenet64, "folder": datasets.image_folder, "frames": frames_data}
+            "imagenet64": datasets.imagenet64, "folder": datasets.image_folder, "frames": frames_data,
+            "latents": LatentDataset}
 
 
 def check_data(section: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:

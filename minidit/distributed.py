@@ -120,7 +120,10 @@ def parallelize(model: nn.Module, ema_model: nn.Module, world: World, parallel: 
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # a batch may leave parameters unused (a frames model's [nextframe] token on a batch of images), so DDP
+        # looks for them in every step's graph instead of waiting for their gradients
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=True)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
@@ -193,6 +196,8 @@ def barrier() -> None:
 def rank_prefix() -> str:
     """``"rank R of N: "`` to start an error message of a process of a distributed job, or nothing alone."""
     world = current_world()
+    if world.size == 1 and launched_by_torchrun():  # an error before the process group was joined
+        world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     return f"rank {world.rank} of {world.size}: " if world.size > 1 else ""
 
 

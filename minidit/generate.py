@@ -5,7 +5,8 @@ A flow model samples by solving the probability-flow ODE ``dx = v(x, t) dt`` fro
 a velocity (``minidit.weighting.convert``), a class-conditional DiT is guided against its null label (DiT,
 arXiv 2212.09748, Sec. 3.2) and a text-to-image model against its learned null caption. A frames model (Lumina-T2X,
 arXiv 2405.05945, Sec. 2.2) samples clips ``(N, H, W, T, C)`` whose size is its prompt's modality's ("video: ...");
-prompts of different modalities share one batch, padded and masked (``DiT.forward``'s ``frame_sizes``). Used by
+prompts of different modalities share one batch, padded and masked (``DiT.forward``'s ``frame_sizes``); a latent
+model's samples (``[data] name = "latents"``) are decoded to images by the VAE its latent cache names. Used by
 ``python -m minidit sample``, the trainer's sample grids of ``python -m minidit train``,
 notebooks/03_dit_from_scratch.ipynb and, through configs/frames_*.toml, notebooks/09_any_modality.ipynb.
 
@@ -185,9 +186,26 @@ def prompt_frame_sizes(experiment: Experiment, prompts: Sequence[str]) -> list[t
     return sizes
 
 
+@torch.no_grad()
+def decode_latents(experiment: Experiment, samples: Tensor, chunk: int = 16) -> Tensor:
+    """Samples of a latent model (``[data] name = "latents"``) as images ``(N, 3, H, W)`` in [-1, 1]: decoded, ``chunk``
+    at a time, by the VAE named in the latent cache (LDM, arXiv 2112.10752, Sec. 3), loaded once from its local
+    folder; any other experiment's samples are returned unchanged.
+
+    Raises:
+        InputError: if the cache or the VAE folder it names is missing (``minidit.data.latents.cache_codec``).
+    """
+    if experiment.data.get("name") != "latents":
+        return samples
+    from minidit.data.latents import cache_codec
+
+    codec = cache_codec(str(experiment.data["path"])).to(samples.device)
+    return torch.cat([codec.decode(part) for part in samples.split(chunk)]).clamp(-1, 1)
+
+
 def build_sample_fn(experiment: Experiment) -> Callable[[nn.Module, int], Tensor] | None:
-    """``sample_fn(ema_model, step) -> images (N, C, H, W)`` for ``Trainer`` (a frames model: one ``clips_sheet``);
-    ``None`` for non-2-D toy data."""
+    """``sample_fn(ema_model, step) -> images (N, C, H, W)`` for ``Trainer`` (a frames model: one ``clips_sheet``; a
+    latent model: its samples decoded by ``decode_latents``); ``None`` for non-2-D toy data."""
     if experiment.model.get("type") == "mlp" and experiment.model.get("dim") != 2:
         return None
     prompts = default_prompts(experiment, experiment.sample.n)
@@ -196,6 +214,6 @@ def build_sample_fn(experiment: Experiment) -> Callable[[nn.Module, int], Tensor
     def sample_fn(model: nn.Module, step: int) -> Tensor:
         samples = sample_images(model, experiment.train, experiment.sample, next(model.parameters()).device, prompts,
                                 frame_sizes)
-        return samples if frame_sizes is None else clips_sheet(samples)
+        return decode_latents(experiment, samples) if frame_sizes is None else clips_sheet(samples)
 
     return sample_fn

@@ -7,6 +7,8 @@ loss per time bin, which makes the effect of a time sampler (SD3, arXiv 2403.032
 A run with an ``out_dir`` owns that folder while it trains (``minidit.run_folder``: lock, no silent overwrite,
 metrics cut back on resume); a loss that turns non-finite stops the run with a ``DivergenceError`` naming the step,
 and a checkpoint is never written with non-finite weights, so the last one saved is the last finite one.
+Under torchrun the same trainer runs in every process, each computing its rows of the global batch, with DDP or
+FSDP2, gradient accumulation and activation checkpointing (``minidit.distributed``), and sharded checkpoints.
 Used by notebooks/03_dit_from_scratch.ipynb and by ``python -m minidit train``.
 
 Example:
