@@ -1,32 +1,31 @@
 """What a config costs on a GPU (class-conditional pixels or latents, text-to-image, text-to-frames): parameters,
 memory of weights, optimizer states and activations, FLOPs and time.
 
-For the DiT (with its refiner) of a config's ``[model]`` section, FLOPs of one training step are counted, not
-assumed: ``FlopCounterMode`` on a forward and backward pass of one sample on the CPU plus three times the attention
-products it does not see (``bench/refiner.py``), times the batch size. A frozen Hugging Face text encoder adds its
-forward, about ``2 x parameters x tokens`` per caption (every weight in one multiply-add per token), from its
-published parameter count (``--lm-params``); minidit's own frozen encoders (``text_encoder = "bidirectional"``,
-...) are counted with the model, their forward only (with ``--text-dim``, a stand-in as above); a text encoder
-trained from scratch (``text_encoder = "scratch"``) is part of the counted model and of the trainable weights; a
-class-conditional model is counted with one label per sample. A frames model (``frames = true``, Lumina-T2X, arXiv
-2405.05945: any modality as frames ``[H, W, T, C]``) is counted on one sample ``(1, H, W, T, C)``: ``H = W =
-input_size`` and ``T = --frames``, or else each modality of the ``[data]`` section at its own size: FLOPs are their
-mean, since the data serves the modalities in turn, and activations those of the largest. Memory counts the
-trainable weights in fp32 with their gradients and AdamW's two moments (16 bytes each) plus an EMA copy (4 bytes)
-and the frozen encoder in bf16 (2 bytes), and the activations: the bytes autograd saves for the backward pass of a
-forward under bf16 autocast on the CPU (each storage once), per sample (the difference of batches of 2 and 1) times
-the batch, without activation checkpointing; GPU attention kernels and ``torch.compile``'s fusions save
-differently, so it is an estimate to check with bench/gpu_check.sh. Time assumes ``--mfu`` of ``--peak-tflops`` (the default: 40% of an H100 SXM's 989 dense bf16
-TFLOP/s), an assumption stated in the output, not a measurement; ``--gpus N`` divides time and activations by N
-(perfect scaling; the weights too under ``[train] parallel = "fsdp"``). Used for the estimates written in
-configs/shapes_t2i_llm_hf.toml (``python bench/config_cost.py configs/shapes_t2i_llm_hf.toml --text-dim 896
---lm-params 494e6``), configs/frames_*_gpu.toml, configs/shapes_t2i_*_gpu.toml, configs/cifar10_dit_b2.toml and
+For the DiT (with its refiner) of a config's ``[model]`` section, FLOPs of one training step are counted, not assumed
+(``minidit.scaling.training_flops``): ``FlopCounterMode`` on a forward and backward pass of one sample on the CPU plus
+three times the attention products it does not see, times the batch size. A frozen Hugging Face text encoder adds its
+forward, about ``2 x parameters x tokens`` per caption (every weight in one multiply-add per token), from its published
+parameter count (``--lm-params``); minidit's own frozen encoders (``text_encoder = "bidirectional"``, ...) are counted
+with the model, their forward only (with ``--text-dim``, a stand-in as above); a text encoder trained from scratch
+(``text_encoder = "scratch"``) is part of the counted model and of the trainable weights; a class-conditional model is
+counted with one label per sample. A frames model (``frames = true``, Lumina-T2X, arXiv 2405.05945: any modality as
+frames ``[H, W, T, C]``) is counted on one sample ``(1, H, W, T, C)``: ``H = W = input_size`` and ``T = --frames``, or
+else each modality of the ``[data]`` section at its own size: FLOPs are their mean, since the data serves the modalities
+in turn, and activations those of the largest. Memory counts the trainable weights in fp32 with their gradients and
+AdamW's two moments (16 bytes each) plus an EMA copy (4 bytes) and the frozen encoder in bf16 (2 bytes), and the
+activations: the bytes autograd saves for the backward pass of a forward under bf16 autocast on the CPU (each storage
+once), per sample (the difference of batches of 2 and 1) times the batch, without activation checkpointing; GPU
+attention kernels and ``torch.compile``'s fusions save differently, so it is an estimate to check with
+bench/gpu_check.sh. Time assumes ``--mfu`` of ``--peak-tflops`` (the default: 40% of an H100 SXM's 989 dense bf16
+TFLOP/s), an assumption stated in the output, not a measurement; ``--gpus N`` divides time and activations by N (perfect
+scaling; the weights too under ``[train] parallel = "fsdp"``). Used for the estimates written in
+configs/shapes_t2i_llm_hf.toml (``python bench/config_cost.py configs/shapes_t2i_llm_hf.toml --text-dim 896 --lm-params
+494e6``), configs/frames_*_gpu.toml, configs/shapes_t2i_*_gpu.toml, configs/cifar10_dit_b2.toml and
 configs/imagenet*_xl2.toml (``--gpus 8``).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -39,10 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minidit.config import (TEXT_KEYS, Experiment, build_data, build_model, check_model, frame_shapes,  # noqa: E402
                             load_config)
 from minidit.dit import DiT, DiTConfig  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("refiner_bench", Path(__file__).resolve().parent / "refiner.py")
-refiner_bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(refiner_bench)
+from minidit.scaling import training_flops  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, dit, kwargs = build_counted_model(experiment, args)
     shapes = sample_shapes(experiment, dit.config, args)
     xs = {name: torch.randn(1, *shape) for name, shape in shapes.items()}
-    dit_flops = statistics.fmean(refiner_bench.training_flops(model, x, kwargs) for x in xs.values()) * batch
+    dit_flops = statistics.fmean(training_flops(model, x, kwargs) for x in xs.values()) * batch
     activations = max(activation_bytes_per_sample(model, x, kwargs) for x in xs.values()) * batch / 2**30
     text_length = kwargs["text_mask"].shape[1] if "text_mask" in kwargs else 0
     lm_flops = 2 * args.lm_params * text_length * batch

@@ -6,10 +6,11 @@ tokens of width 128) without a refiner, with the token refiner (``text_refiner="
 width) and with the collaborative refiner (two encoders' captions, so the DiT also reads twice the tokens). The
 three steps and a square matmul that measures the machine's peak run in turn in every round (as in
 bench/train_step.py), so a slow phase of a shared machine hits all of them; a refiner's **share** of the step is
-``1 - t(no refiner) / t(refiner)`` (median over rounds). FLOPs are counted, not assumed: ``FlopCounterMode`` on a
-forward and backward pass, plus three times the products of every ``scaled_dot_product_attention`` call of a
-forward (the fused kernel is not in the counter's CPU registry), ``4 N H T_q T_k Dh`` each; MFU is FLOP/s against
-the round's matmul peak. Run ``python bench/refiner.py``; its test (tiny sizes) is tests/test_bench_refiner.py.
+``1 - t(no refiner) / t(refiner)`` (median over rounds). FLOPs are counted, not assumed
+(``minidit.scaling.training_flops``: ``FlopCounterMode`` on a forward and backward pass, plus three times the
+products of every ``scaled_dot_product_attention`` call of a forward, which the counter's CPU registry misses,
+``4 N H T_q T_k Dh`` each); MFU is FLOP/s against the round's matmul peak. Run ``python bench/refiner.py``; its
+test (tiny sizes) is tests/test_bench_refiner.py.
 """
 from __future__ import annotations
 
@@ -20,30 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_step  # noqa: E402  (bench/train_step.py: the peak matmul, the timing loop, the FLOP counter)
 from minidit.dit import DiT, DiTConfig  # noqa: E402
+from minidit.scaling import training_flops  # noqa: E402
 from minidit.train import TrainConfig, Trainer  # noqa: E402
 
 ARMS = {"none": ("none", 1), "token": ("token", 1), "collaborative": ("collaborative", 2)}  # refiner, text segments
-
-
-class AttentionFlops(TorchFunctionMode):
-    """Counts the products of every ``scaled_dot_product_attention`` call: ``4 N H T_q T_k Dh`` FLOPs each."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flops = 0
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func is F.scaled_dot_product_attention:
-            q, k = args[0], args[1]
-            self.flops += 4 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1]
-        return func(*args, **(kwargs or {}))
 
 
 def model_config(args: argparse.Namespace, refiner: str) -> DiTConfig:
@@ -62,17 +48,6 @@ def batch(args: argparse.Namespace, segments: int) -> tuple[torch.Tensor, dict[s
     text = torch.randn(args.batch, segments * length, args.text_dim, generator=generator)
     mask = (torch.arange(length) < length - min(5, length - 1)).repeat(segments).expand(args.batch, -1)
     return x, {"text": text, "text_mask": mask.contiguous()}
-
-
-def training_flops(model: DiT, x: torch.Tensor, model_kwargs: dict[str, torch.Tensor]) -> int:
-    """FLOPs of one forward and backward pass: ``FlopCounterMode``'s count plus 3 x the attention products it misses."""
-    counted, attention_counted = train_step.counted_training_flops(model, x, model_kwargs)
-    if attention_counted:
-        return counted
-    mode = AttentionFlops()
-    with mode, torch.no_grad():
-        model(x, torch.full((x.shape[0],), 0.5), **model_kwargs)
-    return counted + train_step.TRAINING_FLOPS_PER_FORWARD * mode.flops
 
 
 def compare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minidit.dit import DiT, DiTConfig  # noqa: E402
 from minidit.embeddings import timestep_embedding  # noqa: E402
 from minidit.posembed import sincos_2d  # noqa: E402
+from minidit.scaling import counted_training_flops  # noqa: E402
 from minidit.train import TrainConfig, Trainer  # noqa: E402
 
 TRAINING_FLOPS_PER_FORWARD = 3  # backward = 2 x forward: gradients with respect to inputs and to weights
@@ -204,22 +204,6 @@ class BaselineStep:
         with torch.no_grad():
             for average, current in zip(self.ema.parameters(), self.model.parameters()):
                 average.mul_(0.9999).add_(current, alpha=1e-4)
-
-
-def counted_training_flops(model: DiT, x: Tensor, model_kwargs: dict[str, Tensor]) -> tuple[int, bool]:
-    """FLOPs of one forward and backward pass on the batch ``x`` (N, C, H, W) as counted by ``FlopCounterMode``.
-
-    Returns:
-        ``(flops, attention_counted)``; on CPU the fused attention kernel is not in the counter's registry, so
-        ``attention_counted`` is ``False`` and its ``3 x attention_flops`` must be added by hand.
-    """
-    t = torch.full((x.shape[0],), 0.5, device=x.device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(x, t, **model_kwargs).square().mean().backward()
-    model.zero_grad(set_to_none=True)
-    attention_counted = any("attention" in str(op) for op in counter.get_flop_counts()["Global"])
-    return counter.get_total_flops(), attention_counted
 
 
 def synchronize(device: torch.device) -> None:

@@ -253,8 +253,9 @@ def eval_command(args: argparse.Namespace) -> dict[str, float]:
         network, missing = None, f"FID not computed: {error} (--inception PATH)"
     calls: list[int] = []
     counter = model.register_forward_pre_hook(lambda module, inputs: calls.append(1))  # one call per velocity
-    images = sample_images(model, experiment.train, sample, device, prompts).cpu()  # (n, 3, H, W)
+    images = sample_images(model, experiment.train, sample, device, prompts)  # (n, C, H, W)
     counter.remove()
+    images = decode_latents(experiment, images).cpu()  # a latent model's through its VAE: (n, 3, H', W')
     sampler = f"sampler {sample.method} ODE, {sample.steps} steps, NFE {len(calls)}, cfg {sample.cfg:g}"
     metrics: dict[str, float] = {}
     if analysed and prompts:
@@ -270,9 +271,10 @@ def eval_command(args: argparse.Namespace) -> dict[str, float]:
     mu, sigma = fid.statistics(fid.inception_features(images, network, device=device))
     reference = fid.reference_statistics(experiment.data, sample.n, network, device=device)
     metrics["fid"] = fid.frechet_distance(mu, sigma, *reference)
+    real = fid.reference_section(experiment.data)["name"]
+    decoded = " (latents decoded by the cache's VAE)" if experiment.data["name"] == "latents" else ""
     print(f"FID {metrics['fid']:.2f}: protocol {fid.PROTOCOL} (PIL bicubic to {fid.INPUT_SIZE}, FID Inception "
-          f"{network.weights_sha256[:8]}), n {sample.n} samples vs {sample.n} {experiment.data['name']} images, "
-          f"{sampler}")
+          f"{network.weights_sha256[:8]}), n {sample.n} samples{decoded} vs {sample.n} {real} images, {sampler}")
     return metrics
 
 

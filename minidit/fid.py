@@ -47,7 +47,7 @@ PROTOCOL = "clean"  # clean-fid's: uint8, PIL bicubic in float32 per channel to 
 INPUT_SIZE = 299
 FEATURES = 2048
 FID_CLASSES = 1008  # the TensorFlow graph's classifier; torchvision's ImageNet Inception has 1000
-VERSION = "minidit-fid-v1"  # change it when the feature pipeline changes what reference statistics hold
+VERSION = "minidit-fid-v2"  # change it when the feature pipeline changes what reference statistics hold
 
 
 def statistics(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,12 +361,42 @@ def inception_features(images: Tensor, network: nn.Module, batch_size: int = 50,
                       for i in range(0, images.shape[0], batch_size)])
 
 
+def reference_section(data_section: dict[str, Any]) -> dict[str, Any]:
+    """The ``[data]`` section whose images a model's samples are compared with, without ``flip`` (augmentation).
+
+    A latent model (``name = "latents"``) draws latents, which are decoded before FID; its reference is the **source
+    images** its cache was made from (the cache's ``source`` section, ``minidit.data.latents``), as FID compares
+    images (LDM, arXiv 2112.10752, and DiT, arXiv 2212.09748, report FID of decoded samples against real images).
+    """
+    section = {k: v for k, v in data_section.items() if k != "flip"}
+    if section.get("name") != "latents":
+        return section
+    from minidit.data.latents import load_cache  # lazy: only latent models need it
+
+    source = json.loads(load_cache(section["path"])["source"] or "{}")
+    if not source or source.get("name") == "latents":
+        raise InputError(f"{section['path']}: the latent cache names no source images ({source!r}) to compare "
+                         "samples with; rebuild it with `python -m minidit cache-latents`")
+    return reference_section(source)
+
+
 def reference_images(data_section: dict[str, Any], n: int, batch_size: int = 256) -> Tensor:
-    """The first ``n`` images ``(n, 3, H, W)`` in [-1, 1] of the data of a ``[data]`` section, batches ``0, 1, ...``
-    of its stream (without random flips, which are training augmentation)."""
+    """``n`` real images ``(n, 3, H, W)`` in [-1, 1] of the data of a ``[data]`` section (``reference_section``).
+
+    A folder is read from disk file by file: ``n`` files evenly spaced over its sorted files, so every class is
+    present and memory stays bounded (an ImageNet folder does not fit in memory); any other data gives the first
+    ``n`` images of its stream, batches ``0, 1, ...``.
+    """
     from minidit.config import build_data  # lazy: the config module imports the models
 
-    data = build_data({k: v for k, v in data_section.items() if k != "flip"})
+    section = reference_section(data_section)
+    if section.get("name") == "folder":
+        from minidit.data.latents import ImageFolderStream
+
+        stream = ImageFolderStream(section["root"], section.get("resolution", 64))
+        picks = torch.linspace(0, len(stream) - 1, n).round().long()  # (n,): evenly spaced over the files
+        return torch.cat([stream.read(chunk.tolist())[0] for chunk in picks.split(batch_size)])
+    data = build_data(section)
     batches, count = [], 0
     for step in range(-(-n // batch_size)):
         images, _ = data.get_batch(step, batch_size)
@@ -396,7 +426,7 @@ def reference_statistics(data_section: dict[str, Any], n: int, network: nn.Modul
     if not isinstance(weights, str):
         raise ValueError("network.weights_sha256 is not set, so cached statistics could not tell its weights apart; "
                          "load the network with FIDInception.from_file")
-    section = {k: v for k, v in data_section.items() if k != "flip"}
+    section = reference_section(data_section)
     key = {"data": section, "n": n, "protocol": PROTOCOL, "weights_sha256": weights, "version": VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = cache_root(cache_dir) / "fid" / f"{section.get('name', 'data')}-{n}-{digest[:16]}.pt"

@@ -26,7 +26,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +61,15 @@ class DataSource(Protocol):
     """What the trainer trains on: ``get_batch(step, batch_size) -> (x (B, ...), model_kwargs)``, deterministic in ``step``."""
 
     def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict[str, Any]]: ...
+
+
+@runtime_checkable
+class RowSource(DataSource, Protocol):
+    """A ``DataSource`` that can also build only some rows of a batch: ``get_rows(step, batch_size, rows)`` equals
+    ``get_batch(step, batch_size)`` sliced by ``rows``. Under ``torchrun`` each process then reads its own rows instead
+    of building the whole global batch and keeping ``1/N`` of it (image datasets and latent caches have it)."""
+
+    def get_rows(self, step: int, batch_size: int, rows: slice) -> tuple[Tensor, dict[str, Any]]: ...
 
 
 @dataclass
@@ -303,34 +312,42 @@ class Trainer:
         """Put the gradient of step ``self.step``'s loss, the mean over the global batch, into the parameters' ``.grad``.
 
         The batch, ``t``, ``eps`` and the guidance drops (``force_drop`` with the model's ``condition_dropout``) are
-        drawn for the whole batch; this rank computes its rows (``World.rows``) in ``grad_accumulation`` micro-batches,
+        drawn for the whole batch (of the data, only this rank's rows when it is a ``RowSource``); this rank computes
+        its rows (``World.rows``) in ``grad_accumulation`` micro-batches,
         each adding ``sum(losses) / rows`` to the gradients (averaged over the ranks on the last one).
 
         Returns:
             ``(per_sample_loss (b,), t (b,))`` of this rank's ``b`` rows, detached, on the device.
         """
         cfg, batch = self.config, self.config.batch_size
-        x, model_kwargs = self.data.get_batch(self.step, batch)
-        t_and_noise = draw_time_and_noise(tuple(x.shape), self.time_sampler, self.time_eps, self.generator)
+        rows = self.world.rows(batch)
+        if isinstance(self.data, RowSource):
+            x, model_kwargs = self.data.get_rows(self.step, batch, rows)  # (b, ...): this rank's rows only
+        else:
+            x, model_kwargs = self.data.get_batch(self.step, batch)  # (B, ...)
+            x, model_kwargs = x[rows], {k: distributed.shard_value(v, rows, batch) for k, v in model_kwargs.items()}
+        t, eps = draw_time_and_noise((batch, *x.shape[1:]), self.time_sampler, self.time_eps, self.generator)
+        t_and_noise = (t[rows], eps[rows])  # drawn for the whole batch, so any world size trains the same run
         dropout = getattr(self.model, "condition_dropout", 0.0)
         if dropout > 0:
-            model_kwargs = {**model_kwargs, "force_drop": torch.rand(batch, generator=self.generator) < dropout}
-        rows = self.world.rows(batch)
-        micro = (rows.stop - rows.start) // cfg.grad_accumulation
+            force_drop = torch.rand(batch, generator=self.generator) < dropout  # (B,)
+            model_kwargs = {**model_kwargs, "force_drop": force_drop[rows]}
+        size = rows.stop - rows.start
+        micro = size // cfg.grad_accumulation
         precision = torch.autocast(self.device.type, self.autocast_dtype) if self.autocast_dtype else nullcontext()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, times = [], []
         for index in range(cfg.grad_accumulation):
-            part = slice(rows.start + index * micro, rows.start + (index + 1) * micro)
-            inputs = {k: self._to_device(distributed.shard_value(v, part, batch)) for k, v in model_kwargs.items()}
+            part = slice(index * micro, (index + 1) * micro)  # of this rank's rows
+            inputs = {k: self._to_device(distributed.shard_value(v, part, size)) for k, v in model_kwargs.items()}
             with distributed.gradient_sync(self.parallel_model, index == cfg.grad_accumulation - 1):
                 with precision:
                     per_sample, t = training_loss(
                         self.forward, self._to_device(x[part]), self.interpolant, cfg.prediction, cfg.weighting,
                         model_kwargs=inputs, t_and_noise=(t_and_noise[0][part], t_and_noise[1][part]),
                     )
-                (per_sample.sum() / (rows.stop - rows.start)).backward()
+                (per_sample.sum() / size).backward()
             losses.append(per_sample.detach())
             times.append(t.detach())
         return torch.cat(losses), torch.cat(times)

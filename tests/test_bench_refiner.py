@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from minidit.dit import DiT
+from minidit.scaling import AttentionFlops
 
 BENCH = Path(__file__).parents[1] / "bench"
 sys.path.insert(0, str(BENCH))  # the benchmark imports bench/train_step.py by name
@@ -25,7 +26,7 @@ def test_attention_flops_are_the_closed_form_of_every_attention():
     for name, (refiner, segments) in bench.ARMS.items():
         model = DiT(bench.model_config(args, refiner)).eval()
         x, kwargs = bench.batch(args, segments)
-        mode = bench.AttentionFlops()
+        mode = AttentionFlops()
         with mode, torch.no_grad():
             model(x, torch.rand(n), **kwargs)
         text = segments * length

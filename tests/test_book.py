@@ -14,6 +14,7 @@ import pytest
 
 from minidit.course.book import build_book, load_book
 from minidit.course.book_offline import mathjax_url, network_references, static_widget_outputs
+from minidit.course.execute import machine_description
 from minidit.course.exercises import require_nbformat
 
 nbformat = require_nbformat()
@@ -155,3 +156,11 @@ def test_make_lab_opens_the_first_lecture_and_allows_root_only_for_root(user_id,
     assert "--ServerApp.root_dir=." in command
     assert f"--LabApp.default_url=/lab/tree/{first_lecture}" in command
     assert ("--allow-root" in command) == allow_root
+
+
+@pytest.mark.parametrize("threads, expected", [("", "4 CPU cores, Python"), ("1", "4 CPU cores (torch on 1 thread), "),
+                                               ("2", "4 CPU cores (torch on 2 threads), "), ("4", "4 CPU cores, ")])
+def test_machine_description_names_a_thread_limit_below_the_core_count(monkeypatch, threads, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    assert machine_description().startswith(expected)

@@ -43,6 +43,17 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
+def fake_inception_file(path):
+    """An FID Inception checkpoint of random weights (features of order 1) at ``path``; returns the path as text."""
+    torch.manual_seed(0)
+    network = FIDInception()
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
 def main_metrics(argv):
     """Run the command line on ``argv`` (input errors raise) and return what the command returned."""
     args = build_parser().parse_args(argv)
@@ -81,14 +92,8 @@ def test_without_inception_other_models_stop_with_one_line(checkpoints, tmp_path
 def test_with_fid_inception_weights_it_prints_fid_with_protocol_n_sampler_and_nfe(checkpoints, tmp_path, capsys,
                                                                                    monkeypatch):
     monkeypatch.setenv("MINIDIT_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    network = FIDInception()
-    for module in network.modules():  # random weights that keep the features of order 1
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    torch.save(network.state_dict(), tmp_path / "fake_inception.pth")
     argv = ["eval", checkpoints["class"], "--n", "3", "--steps", "1", "--method", "euler",
-            "--inception", str(tmp_path / "fake_inception.pth")]
+            "--inception", fake_inception_file(tmp_path / "fake_inception.pth")]
     metrics = main_metrics(argv)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("analyser: class accuracy ")

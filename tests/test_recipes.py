@@ -33,8 +33,6 @@ RECIPES = {
     "shapes_t2i_mmdit_gpu": None, "shapes_t2i_kv_gpu": None, "frames_video_gpu": None, "frames_joint_gpu": None,
 }
 NAMED = {"cifar10_dit_b2", "imagenet64_dit_b2", "imagenet64_dit_xl2", "imagenet256_latent_dit_xl2"}  # issue 15
-# configs/imagenet64_dit_b2.toml has no Estimates comment yet: its count, from `python bench/config_cost.py`
-NOT_STATED_M = {"imagenet64_dit_b2": 130.3}
 
 
 def test_every_gpu_recipe_is_listed():
@@ -48,7 +46,8 @@ def stated_params_m(name: str) -> float:
     text = (CONFIGS / f"{name}.toml").read_text()
     estimates = re.search(r"# Estimates \(python bench/config_cost\.py configs/[\w.]+\.toml[^)]*\):\n#\s+"
                           r"(?:DiT )?([\d.]+) M trainable parameters", text)
-    return float(estimates.group(1)) if estimates else NOT_STATED_M[name]
+    assert estimates, f"configs/{name}.toml states no Estimates comment from bench/config_cost.py"
+    return float(estimates.group(1))
 
 
 @pytest.mark.parametrize("name", RECIPES)

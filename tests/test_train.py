@@ -8,7 +8,9 @@ from PIL import Image
 from torch import nn
 
 from minidit.dit import DiT, DiTConfig
-from minidit.train import EMA, TrainConfig, Trainer, bin_losses, validation_loss, warmup_factor
+from minidit.data.datasets import ImageArrayDataset
+from minidit.distributed import World
+from minidit.train import EMA, RowSource, TrainConfig, Trainer, bin_losses, validation_loss, warmup_factor
 
 
 class TinyNet(nn.Module):
@@ -212,3 +214,48 @@ def test_validation_loss_restores_the_training_mode_and_checks_times():
     with pytest.raises(ValueError, match="t_grid must lie in"):
         validation_loss(net, torch.randn(4, 2), t_grid=[0.5, 1.5])
     assert first.shape == (1,)
+
+
+class CountingRows:
+    """An image dataset with flips, recording the rows each ``get_rows`` call was asked for."""
+
+    def __init__(self):
+        images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8))
+        self.data, self.asked = ImageArrayDataset(images, torch.arange(20) % 3, seed=1, flip=True), []
+
+    def get_batch(self, step, batch_size):
+        return self.data.get_batch(step, batch_size)
+
+    def get_rows(self, step, batch_size, rows):
+        self.asked.append(rows)
+        return self.data.get_rows(step, batch_size, rows)
+
+
+class WholeBatches:
+    """The same data without ``get_rows``: the trainer builds the whole batch and slices it."""
+
+    def __init__(self, data):
+        self.get_batch = data.get_batch
+
+
+def test_each_rank_reads_only_its_rows_of_a_row_source_and_computes_what_slicing_the_whole_batch_computes():
+    rows_source = CountingRows()
+    assert isinstance(rows_source, RowSource) and not isinstance(WholeBatches(rows_source), RowSource)
+    for step in (0, 3):  # the get_rows of the image datasets is get_batch sliced, flips included
+        whole, labels = rows_source.data.get_batch(step, 12)
+        part, part_labels = rows_source.data.get_rows(step, 12, slice(4, 9))
+        assert torch.equal(part, whole[4:9]) and torch.equal(part_labels["y"], labels["y"][4:9])
+    results = []
+    for source in (rows_source, WholeBatches(rows_source)):
+        torch.manual_seed(0)
+        model = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=16, depth=1, num_heads=2,
+                              num_classes=3, class_dropout=0.5))
+        trainer = Trainer(model, source, TrainConfig(batch_size=12, grad_accumulation=2, progress=False,
+                                                      device="cpu"))
+        trainer.world = World(rank=1, size=2)  # the second of two processes, without starting any
+        losses, times = trainer.backward()
+        results.append((losses, times, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert rows_source.asked == [slice(6, 12)]
+    (losses, times, grads), (whole_losses, whole_times, whole_grads) = results
+    assert losses.shape == (6,) and torch.equal(losses, whole_losses) and torch.equal(times, whole_times)
+    assert len(grads) == len(whole_grads) and all(torch.equal(a, b) for a, b in zip(grads, whole_grads))

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("outline", help="print the course outline from book.toml as Markdown")
     reference_parser = commands.add_parser("reference", help="run lectures in full mode; write notebooks/reference/")
     reference_parser.add_argument("notebooks", nargs="*", help="lecture notebooks (default: every lecture in book.toml)")
+    reference_parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell (default: 3600)")
     args = parser.parse_args(argv)
     root = Path(args.root)
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f'measured {chapter_id}: {field} = "{seconds:.0f} s ({machine_description()})"')
     elif args.command == "reference":
         lectures = args.notebooks or [c.lecture for c in load_book(root / "book.toml").chapters if c.lecture]
-        run_reference(lectures, root.resolve())
+        run_reference(lectures, root.resolve(), timeout=args.timeout)
     else:
         print(outline(load_book(root / "book.toml")), end="")
     return 0

@@ -48,5 +48,13 @@ def execute_notebook(notebook: object, directory: Path, quick: bool = True, time
 
 
 def machine_description() -> str:
-    """A short description of this machine for measured run times, e.g. ``"2 CPU cores, Python 3.11"``."""
-    return f"{os.cpu_count()} CPU cores, Python {sys.version_info.major}.{sys.version_info.minor}"
+    """A short description of this machine for measured run times, e.g. ``"2 CPU cores, Python 3.11"``.
+
+    When ``OMP_NUM_THREADS`` limits torch (and so the notebook kernels, which inherit it) to fewer threads than
+    cores, the description says so: ``"2 CPU cores (torch on 1 thread), Python 3.11"``.
+    """
+    cores = f"{os.cpu_count()} CPU cores"
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) < (os.cpu_count() or 1):
+        cores += f" (torch on {threads} thread{'s' if int(threads) > 1 else ''})"
+    return f"{cores}, Python {sys.version_info.major}.{sys.version_info.minor}"

@@ -87,10 +87,16 @@ class ImageArrayDataset:
 
     def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Return batch ``step``: images ``(B, 3, H, W)`` float in ``[-1, 1]`` and ``{"y": labels (B,) long}``."""
-        index = torch.from_numpy(self.indices(step, batch_size))
-        images = self.images[index].float() / 127.5 - 1  # (B, 3, H, W)
+        return self.get_rows(step, batch_size, slice(0, batch_size))
+
+    def get_rows(self, step: int, batch_size: int, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
+        """Rows ``rows`` of batch ``step``, exactly ``get_batch(step, batch_size)`` sliced, reading only those images:
+        what one process of a torchrun job needs (``minidit.train.RowSource``). Shapes as ``get_batch``'s, ``b`` rows."""
+        index = torch.from_numpy(self.indices(step, batch_size)[rows])
+        images = self.images[index].float() / 127.5 - 1  # (b, 3, H, W)
         if self.flip:
-            flipped = torch.from_numpy(np.random.default_rng((self.seed, 1, step)).random(batch_size) < 0.5)
+            coins = np.random.default_rng((self.seed, 1, step)).random(batch_size)[rows]  # drawn for the whole batch
+            flipped = torch.from_numpy(coins < 0.5)
             images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
         if self.resolution is not None and images.shape[-2:] != (self.resolution, self.resolution):
             size = (self.resolution, self.resolution)

@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,12 @@ class LatentDataset:
 
     def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Batch ``step``: latents ``(B, C, h, w)`` float32 and ``{"y": labels (B,) long}`` (``{}`` if unlabelled)."""
-        index = torch.from_numpy(self.indices(step, batch_size))
-        latents = self.latents[index].float()  # (B, C, h, w)
+        return self.get_rows(step, batch_size, slice(0, batch_size))
+
+    def get_rows(self, step: int, batch_size: int, rows: slice) -> tuple[Tensor, dict[str, Tensor]]:
+        """Rows ``rows`` of batch ``step`` (``get_batch`` sliced), reading only those latents (``minidit.train.RowSource``)."""
+        index = torch.from_numpy(self.indices(step, batch_size)[rows])
+        latents = self.latents[index].float()  # (b, C, h, w)
         return latents, ({"y": self.labels[index]} if self.labels is not None else {})
 
 
@@ -193,7 +198,11 @@ class ImageFolderStream:
 
     def get_batch(self, step: int, batch_size: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Files ``step * B .. (step + 1) * B - 1`` (cycling): images ``(B, 3, R, R)`` in [-1, 1] and ``{"y"}``."""
-        chosen = [self.files[i % len(self)] for i in range(step * batch_size, (step + 1) * batch_size)]
+        return self.read(range(step * batch_size, (step + 1) * batch_size))
+
+    def read(self, indices: Sequence[int]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The files at ``indices`` (cycling): images ``(len(indices), 3, R, R)`` in [-1, 1] and ``{"y"}``."""
+        chosen = [self.files[i % len(self)] for i in indices]
         with ThreadPoolExecutor(self.threads) as pool:
             images = np.stack(list(pool.map(lambda item: datasets._load_resized(item[0], self.resolution), chosen)))
         return torch.from_numpy(images).float() / 127.5 - 1, {"y": torch.tensor([label for _, label in chosen])}
