@@ -178,6 +178,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "mlp_ratio": number(0, open_low=True), "num_classes": integer(0, note=" (0 = unconditional)"),
         "class_dropout": number(0, 1), "norm": choice(NORMS), "qk_norm": choice(NORMS),
         "pos_embed": choice(POS_EMBEDS), "pos_embed_interpolation": choice(INTERPOLATION_MODES),
+        "pos_embed_interpolation_scale": number(0, open_low=True, note=" (PixArt's sin-cos positions)"),
         "rope_theta": number(0, open_low=True), "ntk_scale": number(0, open_low=True, note=" (1 = no scaling)"),
         "frequency_embedding_size": integer(1),
         "text_conditioning": choice(TEXT_CONDITIONINGS), "text_dim": integer(1),
@@ -280,6 +281,9 @@ def dit_problems(values: dict[str, Any]) -> Iterator[tuple[str, str]]:
                          "leave kv_compression out")
     if values["pos_embed"] == "sincos" and hidden % 4:
         yield "hidden_size", f"{hidden} is not divisible by 4, which the 2-D sin-cos position table needs"
+    if values.get("pos_embed_interpolation_scale") is not None and values["pos_embed"] != "sincos":
+        yield "pos_embed_interpolation_scale", (f'sets the positions of the sin-cos table, and pos_embed = '
+                                                f'"{values["pos_embed"]}"; set pos_embed = "sincos" or remove it')
     if values.get("text_refiner") == "collaborative":
         yield "text_refiner", ('"collaborative" refines the features of two text encoders, and a config names one; use '
                                '"token" (notebooks/08_llm_text_encoders.ipynb trains the collaborative refiner)')

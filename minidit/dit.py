@@ -88,6 +88,8 @@ class DiTConfig:
     ``num_classes=0`` builds an unconditional model; otherwise label ``num_classes`` is the learned null label
     used for classifier-free guidance and ``class_dropout`` is its training-time probability.
     ``input_size`` is the training image size; the model also runs on other sizes divisible by ``patch_size``.
+    ``pos_embed_interpolation_scale`` (``pos_embed="sincos"`` only): ``None`` places tokens at integer positions
+    (DiT), a number at PixArt's, stretched onto the training grid and divided by it (``minidit.posembed.sincos_2d``).
 
     Text: ``text_conditioning`` is ``"none"``, ``"cross"`` (PixArt's plain cross-attention) or ``"gated_cross"``
     (Lumina's zero-initialised tanh gate per head); ``text_dim`` is the width of the text encoder's features,
@@ -123,6 +125,7 @@ class DiTConfig:
     qkv_bias: bool = True
     pos_embed: str = "sincos"
     pos_embed_interpolation: str = "bicubic"
+    pos_embed_interpolation_scale: float | None = None
     rope: bool = False
     rope_theta: float = 10000.0
     ntk_scale: float = 1.0
@@ -148,6 +151,11 @@ class DiTConfig:
             check_choice("qk_norm", self.qk_norm, NORMS)
         check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
         check_choice("interpolation mode", self.pos_embed_interpolation, INTERPOLATION_MODES)
+        if self.pos_embed_interpolation_scale is not None and (
+                self.pos_embed != "sincos" or not self.pos_embed_interpolation_scale > 0):
+            raise ValueError("pos_embed_interpolation_scale sets PixArt's sin-cos positions: it needs pos_embed = "
+                             f"'sincos' and a positive number; got pos_embed={self.pos_embed!r}, "
+                             f"pos_embed_interpolation_scale={self.pos_embed_interpolation_scale!r}")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} must be divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
@@ -401,7 +409,8 @@ class DiT(nn.Module):
         dim, p = config.hidden_size, config.patch_size
         self.patch_embedder = nn.Linear(p * p * config.in_channels, dim)
         self.pos_embed = make_pos_embed(
-            config.pos_embed, dim, (config.grid_size, config.grid_size), config.pos_embed_interpolation
+            config.pos_embed, dim, (config.grid_size, config.grid_size), config.pos_embed_interpolation,
+            config.pos_embed_interpolation_scale,
         )
         head_dim = dim // config.num_heads
         self.rope = RotaryEmbedding(head_dim, config.rope_theta, config.ntk_scale) if config.rope else None

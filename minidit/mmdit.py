@@ -50,7 +50,7 @@ from minidit.attention import SelfAttention, merge_heads
 from minidit.dit import (FinalLayer, TimestepEmbedder, init_dit_weights, modulate, patchify, transformer_mlp,
                          unpatchify)
 from minidit.norms import NORMS, make_norm
-from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, make_pos_embed, sincos_1d
+from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, make_pos_embed, sincos_grid
 from minidit.text.conditioning import CaptionEmbedder, CaptionEmbedding, check_text
 from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
 
@@ -155,15 +155,12 @@ def cropped_sincos_2d(dim: int, grid_shape: Sequence[int], max_size: int, base_s
         ValueError: if the grid is larger than the table.
     """
     h, w = grid_shape
-    if dim % 4:
-        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4; got {dim}")
     if h > max_size or w > max_size:
         raise ValueError(f"a {h}x{w} token grid does not fit SD3's {max_size}x{max_size} position table "
                          f"(pos_embed_max_size); use images of at most {max_size} patches per side")
     positions = torch.arange(max_size, device=device, dtype=torch.float32) / (max_size / base_size)  # (max_size,)
     top, left = (max_size - h) // 2, (max_size - w) // 2
-    rows, cols = torch.meshgrid(positions[top:top + h], positions[left:left + w], indexing="ij")  # (h, w) each
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
+    return sincos_grid(dim, positions[top:top + h], positions[left:left + w])
 
 
 class CroppedSinCosPosEmbed(nn.Module):

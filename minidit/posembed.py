@@ -37,24 +37,43 @@ def sincos_1d(dim: int, positions: Tensor) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (T, dim)
 
 
-def sincos_2d(dim: int, grid_shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+def sincos_grid(dim: int, rows: Tensor, cols: Tensor) -> Tensor:
+    """``sincos_2d``'s layout at any positions: row positions ``rows`` ``(h,)`` and column positions ``cols`` ``(w,)``.
+
+    Returns:
+        Shape ``(h * w, dim)``: token ``r * w + c`` is ``[sincos_1d(cols[c]), sincos_1d(rows[r])]``.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4; got {dim}")
+    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
+    return torch.cat([sincos_1d(dim // 2, grid_cols.flatten()), sincos_1d(dim // 2, grid_rows.flatten())], dim=-1)
+
+
+def sincos_2d(dim: int, grid_shape: Sequence[int], device: torch.device | str | None = None,
+              base_size: int | None = None, interpolation_scale: float = 1.0) -> Tensor:
     """Fixed 2-D table in the layout of the official DiT and MAE: the first ``dim / 2`` channels encode the
     **column** (w), the rest the row (h), so official checkpoints and their tables line up channel for channel
     (facebookresearch/DiT ``get_2d_sincos_pos_embed``, whose meshgrid puts w first).
 
+    Positions are the integers ``0 .. n - 1`` along an axis of ``n`` tokens (DiT: a larger grid extends the table).
+    With ``base_size`` they are PixArt's, ``i * base_size / n / interpolation_scale`` (diffusers' ``PatchEmbed``;
+    PixArt-alpha, arXiv 2310.00426; PixArt-Sigma, arXiv 2403.04692, Sec. 3.3): any grid is stretched onto the
+    training grid of ``base_size`` tokens, and the 1024-pixel models (``interpolation_scale = 2``) take half steps.
+
     Args:
         dim: embedding width, divisible by 4.
         grid_shape: ``(h, w)`` token grid; tokens are flattened row-major like ``patchify``.
+        base_size: the training grid's tokens per side, or ``None`` for integer positions.
+        interpolation_scale: PixArt's divisor of the positions (with ``base_size`` only).
     Returns:
-        Shape ``(h * w, dim)``: token ``r * w + c`` is ``[sincos_1d(c), sincos_1d(r)]``.
+        Shape ``(h * w, dim)``: token ``r * w + c`` is ``[sincos_1d(c'), sincos_1d(r')]`` at the positions above.
     """
-    if dim % 4:
-        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4; got {dim}")
+    def positions(n: int) -> Tensor:
+        index = torch.arange(n, device=device, dtype=torch.float32)  # (n,)
+        return index if base_size is None else index / (n / base_size) / interpolation_scale
+
     h, w = grid_shape
-    rows, cols = torch.meshgrid(
-        torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij"
-    )  # (h, w) each
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
+    return sincos_grid(dim, positions(h), positions(w))
 
 
 def interpolate_pos_embed(table: Tensor, grid_shape: Sequence[int], mode: str = "bicubic") -> Tensor:
@@ -69,15 +88,23 @@ def interpolate_pos_embed(table: Tensor, grid_shape: Sequence[int], mode: str = 
 
 
 class SinCosPosEmbed(nn.Module):
-    """Adds the fixed ``sincos_2d`` table, recomputed for whatever grid arrives (no parameters)."""
+    """Adds the fixed ``sincos_2d`` table, recomputed for whatever grid arrives (no parameters).
 
-    def __init__(self, dim: int):
+    Args:
+        dim: token width ``D``.
+        base_size: ``None`` for integer positions (DiT), or the training grid's tokens per side for PixArt's
+            positions, stretched to it by ``interpolation_scale`` (``sincos_2d``).
+        interpolation_scale: PixArt's divisor of the positions.
+    """
+
+    def __init__(self, dim: int, base_size: int | None = None, interpolation_scale: float = 1.0):
         super().__init__()
-        self.dim = dim
+        self.dim, self.base_size, self.interpolation_scale = dim, base_size, interpolation_scale
 
     def forward(self, x: Tensor, grid_shape: Sequence[int]) -> Tensor:
         """``x`` of shape ``(N, h * w, D)`` plus the table; same shape."""
-        return x + sincos_2d(self.dim, grid_shape, device=x.device).to(x.dtype)
+        table = sincos_2d(self.dim, grid_shape, x.device, self.base_size, self.interpolation_scale)  # (h w, D)
+        return x + table.to(x.dtype)
 
 
 class LearnedPosEmbed(nn.Module):
@@ -129,19 +156,25 @@ class ConvPosEmbed(nn.Module):
 
 
 def make_pos_embed(
-    kind: str, dim: int, grid_shape: Sequence[int], interpolation: str = "bicubic"
+    kind: str, dim: int, grid_shape: Sequence[int], interpolation: str = "bicubic",
+    interpolation_scale: float | None = None,
 ) -> nn.Module | None:
     """Build a position embedding by name (``None`` for ``"none"``, e.g. when RoPE carries the positions).
 
     Args:
         kind: one of ``POS_EMBEDS``.
         dim: token width ``D``.
-        grid_shape: training token grid ``(h0, w0)`` (used by ``"learned"``).
+        grid_shape: training token grid ``(h0, w0)`` (used by ``"learned"``, and by ``"sincos"`` with PixArt's
+            positions).
         interpolation: resize mode of the learned table.
+        interpolation_scale: ``"sincos"`` only: ``None`` for integer positions (DiT), a number for PixArt's
+            positions stretched onto the training grid (``sincos_2d``).
     """
     check_choice("pos_embed", kind, POS_EMBEDS)
     if kind == "sincos":
-        return SinCosPosEmbed(dim)
+        if interpolation_scale is None:
+            return SinCosPosEmbed(dim)
+        return SinCosPosEmbed(dim, grid_shape[0], interpolation_scale)
     if kind == "learned":
         return LearnedPosEmbed(dim, grid_shape, interpolation)
     if kind == "conv":

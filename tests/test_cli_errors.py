@@ -78,6 +78,11 @@ CONFIGS = {
     "dit style without preset": (toml(model=DIT + 'style = "Flag-DiT"\n'), "[model] style"),
     "dit rope odd head dim": (toml(model=DIT.replace("num_heads = 2", "num_heads = 16") + "rope = true\n"
                                    'pos_embed = "none"\n'), "[model] num_heads"),
+    "dit pixart positions without sincos": (toml(model=DIT + 'pos_embed = "learned"\n'
+                                                       "pos_embed_interpolation_scale = 2.0\n"),
+                                            "[model] pos_embed_interpolation_scale"),
+    "dit pixart position scale zero": (toml(model=DIT + "pos_embed_interpolation_scale = 0.0\n"),
+                                       "[model] pos_embed_interpolation_scale"),
     "data name unknown": (toml(data='[data]\nname = "mnist"\n'), "[data] name"),
     "toy target misspelt": (toml(data='[data]\nname = "toy"\ntarget = "ringz"\n'), "[data] target"),
     "shapes resolution too small": (toml(data='[data]\nname = "shapes"\nresolution = 8\n'), "[data] resolution"),

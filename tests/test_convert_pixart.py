@@ -7,6 +7,7 @@ from diffusers import PixArtTransformer2DModel
 from minidit.convert.pixart import MINIDIT_ONLY, from_diffusers, load_pixart, parameter_map, to_diffusers
 from minidit.dit import DiT, DiTConfig
 from minidit.gating import gate_values
+from minidit.posembed import sincos_1d, sincos_2d, sincos_grid
 
 CAPTION_CHANNELS = 12
 
@@ -40,12 +41,29 @@ def both(pixart, dit, x, steps, text, mask):
 
 
 @pytest.mark.parametrize("interpolation_scale", [None, 2])
-def test_converted_model_computes_the_diffusers_function(interpolation_scale):
+@pytest.mark.parametrize("size", [8, 12, 4])  # the training grid, a larger and a smaller one
+def test_converted_model_computes_the_diffusers_function_on_every_grid(interpolation_scale, size):
     pixart = tiny_pixart(interpolation_scale=interpolation_scale)
-    theirs, ours = both(pixart, from_diffusers(pixart), *inputs())
-    assert ours.shape == (4, 8, 8, 8)  # noise prediction and learned variance
+    dit = from_diffusers(pixart)
+    x, steps, text, mask = inputs()
+    x = torch.randn(4, 4, size, size, generator=torch.Generator().manual_seed(2))
+    theirs, ours = both(pixart, dit, x, steps, text, mask)
+    assert ours.shape == (4, 8, size, size)  # noise prediction and learned variance
     assert theirs.abs().amax() > 0.5
     assert (theirs - ours).abs().amax() < 1e-5
+
+
+def test_pixart_positions_stretch_any_grid_onto_the_training_grid():
+    # diffusers' PatchEmbed: positions i * base / g / scale; 1024-pixel models (scale 2) take half steps
+    base, dim = 4, 8
+    assert torch.equal(sincos_2d(dim, (4, 4), base_size=base), sincos_2d(dim, (4, 4)))  # training grid, scale 1
+    halves = torch.arange(8.0) / 2  # a grid twice the training one, or the training one at scale 2 (first 4)
+    expected = torch.cat([sincos_1d(dim // 2, halves.repeat(8)), sincos_1d(dim // 2, halves.repeat_interleave(8))],
+                         dim=-1)  # token r * 8 + c: [column c / 2, row r / 2]
+    torch.testing.assert_close(sincos_2d(dim, (8, 8), base_size=base), expected)
+    torch.testing.assert_close(sincos_2d(dim, (4, 4), base_size=base, interpolation_scale=2.0),
+                               sincos_grid(dim, halves[:4], halves[:4]))
+    assert sincos_2d(dim, (2, 6), base_size=base).shape == (12, dim)  # each axis stretched on its own
 
 
 def test_padding_changes_nothing_on_either_side():
@@ -82,16 +100,17 @@ def test_round_trip_restores_every_parameter(interpolation_scale):
     assert sorted(name for _, names in mapped for name in names) == sorted(theirs)  # each diffusers weight once
     flags = {name for name, _ in dit.named_buffers() if name.endswith(".active")}  # pruned-head flags, all True
     ours = set(dit.state_dict())
-    assert ours == {name for name, _ in mapped} | {"pos_embed.table"} | set(MINIDIT_ONLY) | flags
-    back = to_diffusers(dit, interpolation_scale=interpolation_scale).state_dict()
+    assert ours == {name for name, _ in mapped} | set(MINIDIT_ONLY) | flags  # the positions are computed, not stored
+    assert dit.config.pos_embed_interpolation_scale == pixart.pos_embed.interpolation_scale
+    back = to_diffusers(dit).state_dict()
     assert set(back) == set(theirs)
     assert all(torch.equal(back[name], theirs[name]) for name in theirs)
 
 
-def test_position_table_of_another_interpolation_scale_is_refused():
-    dit = from_diffusers(tiny_pixart())  # interpolation_scale 1: integer positions
-    with pytest.raises(ValueError, match="interpolation_scale"):
-        to_diffusers(dit, interpolation_scale=2)
+def test_a_dit_with_integer_sincos_positions_is_refused():
+    dit = DiT(pixart_config())  # pos_embed_interpolation_scale None: DiT's integer positions, not PixArt's
+    with pytest.raises(ValueError, match="pos_embed_interpolation_scale"):
+        to_diffusers(dit)
 
 
 @pytest.mark.parametrize("setting, message", [

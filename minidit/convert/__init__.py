@@ -8,3 +8,17 @@ dropped): ``dit`` (official DiT and SiT checkpoints, diffusers' ``DiTTransformer
 ``pip install minidit[hub]``) are imported lazily, with a clear message when missing; weights load from local paths
 only. Used by notebooks/10_pretrained.ipynb.
 """
+from __future__ import annotations
+
+from typing import Any
+
+
+def require_diffusers() -> Any:
+    """Import and return ``diffusers``, or raise ``ImportError`` saying how to install it (the converters' one
+    optional dependency)."""
+    try:
+        import diffusers
+    except ImportError as error:
+        raise ImportError("this converter needs the diffusers package: pip install minidit[hub] "
+                          "(or pip install diffusers)") from error
+    return diffusers

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from minidit.convert import require_diffusers
 from minidit.dit import PRESETS, DiT, DiTConfig, TimestepEmbedder
 from minidit.guidance import classifier_free_guidance
 from minidit.interpolants import Interpolant, get_interpolant
@@ -66,16 +67,6 @@ EMBEDDER_NAMES["class_embedder.embedding_table.weight"] = "y_embedder.embedding_
 DIFFUSERS_EXPRESSIBLE = dict(norm="layernorm", qk_norm=None, pos_embed="sincos", rope=False, mlp_ratio=4.0,
                              frequency_embedding_size=256, text_conditioning="none", kv_compression=None,
                              text_refiner="none", frames=False)
-
-
-def require_diffusers() -> Any:
-    """Import and return ``diffusers``, or raise ``ImportError`` saying how to install it."""
-    try:
-        import diffusers
-    except ImportError as error:
-        raise ImportError("this converter needs the diffusers package: pip install minidit[hub] "
-                          "(or pip install diffusers)") from error
-    return diffusers
 
 
 class DiffusersTimestepEmbedder(TimestepEmbedder):

@@ -21,10 +21,8 @@ The mapping, diffusers -> minidit (block ``i``):
 - The position table: diffusers recomputes a sin-cos table at positions ``i * base / g / interpolation_scale``
   (``base`` the training grid, ``g`` the current one; ``interpolation_scale`` defaults to ``max(sample_size // 64,
   1)``, so the 1024-pixel models place tokens at half steps, and a tiny ``sample_size`` gets integer positions).
-  minidit's ``sincos`` table has integer positions only, so the converted model holds PixArt's training-grid table
-  as a frozen ``learned`` table: identical on the training grid; on other grids minidit resizes the table
-  bicubically while diffusers stretches the positions, so outputs there differ (not a bug in either: two ways to
-  fit a table to a new grid).
+  minidit's ``sincos`` table computes the same positions when ``pos_embed_interpolation_scale`` is set
+  (``minidit.posembed.sincos_2d``), so the two models agree on every grid, not only on the training one.
 - Only in minidit: ``caption_embedder.null_caption``, the learned null caption for classifier-free guidance
   (diffusers' pipeline guides with the T5 encoding of an empty prompt instead); it keeps its initial value.
 
@@ -45,21 +43,13 @@ from typing import Any
 
 import torch
 
+from minidit.convert import require_diffusers
 from minidit.dit import DiT, DiTConfig
 from minidit.gating import GatedCrossAttention
 
 # Parameters that minidit's PixArt model has and diffusers' does not.
 MINIDIT_ONLY = ("caption_embedder.null_caption",)
 WEIGHTS_URL = "https://huggingface.co/PixArt-alpha/PixArt-Sigma-XL-2-512-MS"
-
-
-def _pixart_class() -> Any:
-    """diffusers' ``PixArtTransformer2DModel``, imported on first use."""
-    try:
-        from diffusers import PixArtTransformer2DModel
-    except ImportError as error:
-        raise ImportError("converting PixArt needs diffusers: pip install 'minidit[hub]'") from error
-    return PixArtTransformer2DModel
 
 
 def _linear(minidit: str, *diffusers: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -129,7 +119,8 @@ def config_from_diffusers(model: Any) -> DiTConfig:
     return DiTConfig(
         input_size=cfg.sample_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
         out_channels=model.out_channels, hidden_size=dim, depth=cfg.num_layers, num_heads=cfg.num_attention_heads,
-        mlp_ratio=model.transformer_blocks[0].ff.net[0].proj.out_features / dim, pos_embed="learned",
+        mlp_ratio=model.transformer_blocks[0].ff.net[0].proj.out_features / dim, pos_embed="sincos",
+        pos_embed_interpolation_scale=float(model.pos_embed.interpolation_scale),
         text_conditioning="cross", text_dim=cfg.caption_channels, text_pooling=False, adaln="single",
         cross_attention_layer=True,
     )
@@ -149,8 +140,6 @@ def from_diffusers(model: Any) -> DiT:
     p, dim = config.patch_size, config.hidden_size
     conv = state["patch_embedder.weight"]  # (D, C, p, p)
     state["patch_embedder.weight"] = conv.permute(0, 2, 3, 1).reshape(dim, p * p * config.in_channels)  # (D, p p C)
-    grid = config.grid_size
-    state["pos_embed.table"] = model.pos_embed.pos_embed[0].reshape(grid, grid, dim)  # (h, w, D)
     unused = set(theirs) - {name for _, names in parameter_map(config.depth) for name in names}
     if unused:
         raise ValueError(f"diffusers parameters {sorted(unused)[:5]} have no place in minidit's model; this "
@@ -161,20 +150,18 @@ def from_diffusers(model: Any) -> DiT:
     if left or unexpected:
         raise ValueError(f"minidit parameters {sorted(left)[:5]} received no diffusers weight and {unexpected[:5]} "
                          "do not exist in minidit's model")
-    dit.pos_embed.table.requires_grad_(False)  # PixArt's table is fixed sin-cos
     return dit.eval()
 
 
-def to_diffusers(model: DiT, interpolation_scale: float | None = None) -> Any:
+def to_diffusers(model: DiT) -> Any:
     """Convert minidit's PixArt-layout ``DiT`` back into a diffusers ``PixArtTransformer2DModel`` (eval mode).
 
     Args:
-        model: a ``DiT`` built by ``from_diffusers`` (or with the same config switches).
-        interpolation_scale: the diffusers setting the position table was made with (``None``: diffusers' default
-            ``max(sample_size // 64, 1)``); diffusers recomputes the table, so it must match minidit's.
+        model: a ``DiT`` built by ``from_diffusers`` (or with the same config switches); its
+            ``pos_embed_interpolation_scale`` becomes diffusers' ``interpolation_scale``.
     Raises:
-        ValueError: for a model without PixArt's layout, pruned cross-attention heads, or a position table that is
-            not diffusers' sin-cos table for ``interpolation_scale``. ``MINIDIT_ONLY`` is dropped.
+        ValueError: for a model without PixArt's layout or with pruned cross-attention heads. ``MINIDIT_ONLY`` is
+            dropped.
     """
     cfg = model.config
     _require({
@@ -182,7 +169,8 @@ def to_diffusers(model: DiT, interpolation_scale: float | None = None) -> Any:
         "cross_attention_layer must be true": not cfg.cross_attention_layer,
         "text_conditioning must be 'cross'": cfg.text_conditioning != "cross",
         "text_pooling must be false": cfg.text_pooling,
-        "pos_embed must be 'learned' (PixArt's table)": cfg.pos_embed != "learned",
+        "pos_embed must be 'sincos' with pos_embed_interpolation_scale (PixArt's positions)":
+            cfg.pos_embed != "sincos" or cfg.pos_embed_interpolation_scale is None,
         "norm must be 'layernorm' without qk_norm, with qkv_bias": (cfg.norm, cfg.qk_norm, cfg.qkv_bias)
             != ("layernorm", None, True),
         "num_classes must be 0": cfg.num_classes != 0,
@@ -194,20 +182,16 @@ def to_diffusers(model: DiT, interpolation_scale: float | None = None) -> Any:
                                                           if isinstance(m, GatedCrossAttention)),
     }, "this DiT")
     first = model.patch_embedder.weight
-    diffusers_model = _pixart_class()(
+    diffusers_model = require_diffusers().PixArtTransformer2DModel(
         num_attention_heads=cfg.num_heads, attention_head_dim=cfg.hidden_size // cfg.num_heads,
         in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_layers=cfg.depth,
         cross_attention_dim=cfg.hidden_size, sample_size=cfg.input_size, patch_size=cfg.patch_size,
-        norm_type="ada_norm_single", interpolation_scale=interpolation_scale, use_additional_conditions=False,
+        norm_type="ada_norm_single", interpolation_scale=cfg.pos_embed_interpolation_scale,
+        use_additional_conditions=False,
         caption_channels=cfg.text_dim,
     ).to(first.device)
     if first.dtype != diffusers_model.dtype:
         diffusers_model.to(first.dtype)  # diffusers warns on any dtype cast: cast only when needed
-    table = diffusers_model.pos_embed.pos_embed[0]  # (T, D)
-    if not torch.allclose(model.pos_embed.table.flatten(0, 1).float(), table.float(), atol=1e-5):
-        raise ValueError("the position table is not diffusers' sin-cos table for interpolation_scale = "
-                         f"{diffusers_model.pos_embed.interpolation_scale}; pass the interpolation_scale of the "
-                         "model it was converted from (a trained table cannot be stored in diffusers' format)")
     ours = model.state_dict()
     p, dim = cfg.patch_size, cfg.hidden_size
     ours["patch_embedder.weight"] = first.reshape(dim, p, p, cfg.in_channels).permute(0, 3, 1, 2)  # (D, C, p, p)
@@ -233,4 +217,4 @@ def load_pixart(path: str | Path) -> Any:
             "--include 'transformer/*' --local-dir models/pixart-sigma-512, and pass "
             "models/pixart-sigma-512/transformer"
         )
-    return _pixart_class().from_pretrained(folder, local_files_only=True)
+    return require_diffusers().PixArtTransformer2DModel.from_pretrained(folder, local_files_only=True)

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minidit.convert.dit import conv_to_linear, linear_to_conv, require_diffusers
+from minidit.convert import require_diffusers
+from minidit.convert.dit import conv_to_linear, linear_to_conv
 from minidit.mmdit import MMDiT, MMDiTConfig, cropped_sincos_2d
 
 QK_NORMS = {None: None, "rms_norm": "rmsnorm", "layer_norm": "layernorm"}  # diffusers' name -> minidit's

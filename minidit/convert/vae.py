@@ -17,7 +17,8 @@ import os
 import torch
 from torch import Tensor, nn
 
-from minidit.convert.dit import WEIGHTS_FOLDER, require_diffusers
+from minidit.convert import require_diffusers
+from minidit.convert.dit import WEIGHTS_FOLDER
 
 VAE_URL = "https://huggingface.co/stabilityai/sd-vae-ft-ema"
 VAE_FOLDER = f"{WEIGHTS_FOLDER}/sd-vae-ft-ema"
