@@ -41,7 +41,8 @@ from minidit.checkpoint import CheckpointError, load_checkpoint, load_sharded_te
 from minidit.config import (Experiment, build_data, build_model, check_data_fits_model, load_config, parse_config,
                             use_model_tokenizer)
 from minidit.data.latents import add_cache_parser
-from minidit.generate import build_sample_fn, decode_latents, clips_to_images, default_prompts, prompt_frame_sizes, sample_images
+from minidit.generate import (build_sample_fn, clips_to_images, decode_latents, default_prompts, prompt_frame_sizes,
+                              sample_images)
 from minidit.samplers import ODE_METHODS
 from minidit.train import Trainer, resolve_device
 from minidit.validation import InputError

@@ -313,8 +313,8 @@ class Trainer:
 
         The batch, ``t``, ``eps`` and the guidance drops (``force_drop`` with the model's ``condition_dropout``) are
         drawn for the whole batch (of the data, only this rank's rows when it is a ``RowSource``); this rank computes
-        its rows (``World.rows``) in ``grad_accumulation`` micro-batches,
-        each adding ``sum(losses) / rows`` to the gradients (averaged over the ranks on the last one).
+        its rows (``World.rows``) in ``grad_accumulation`` micro-batches, each adding ``sum(losses) / rows`` to the
+        gradients (averaged over the ranks on the last one).
 
         Returns:
             ``(per_sample_loss (b,), t (b,))`` of this rank's ``b`` rows, detached, on the device.
@@ -326,8 +326,8 @@ class Trainer:
         else:
             x, model_kwargs = self.data.get_batch(self.step, batch)  # (B, ...)
             x, model_kwargs = x[rows], {k: distributed.shard_value(v, rows, batch) for k, v in model_kwargs.items()}
-        t, eps = draw_time_and_noise((batch, *x.shape[1:]), self.time_sampler, self.time_eps, self.generator)
-        t_and_noise = (t[rows], eps[rows])  # drawn for the whole batch, so any world size trains the same run
+        drawn = draw_time_and_noise((batch, *x.shape[1:]), self.time_sampler, self.time_eps, self.generator)
+        t_and_noise = tuple(value[rows] for value in drawn)  # drawn for the whole batch: any world size, one run
         dropout = getattr(self.model, "condition_dropout", 0.0)
         if dropout > 0:
             force_drop = torch.rand(batch, generator=self.generator) < dropout  # (B,)
