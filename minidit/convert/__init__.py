@@ -7,6 +7,17 @@ dropped): ``dit`` (official DiT and SiT checkpoints, diffusers' ``DiTTransformer
 (a diffusers ``AutoencoderKL`` as the optional latent codec). Optional dependencies (``diffusers``, ``transformers``:
 ``pip install minidit[hub]``) are imported lazily, with a clear message when missing; weights load from local paths
 only. Used by notebooks/10_pretrained.ipynb.
+
+Lumina-Next (diffusers' ``LuminaNextDiT2DModel``) is not converted: its block is not minidit's block with other
+weights. No parameter mapping expresses (1) tanh on the adaLN gates, (2) an RMSNorm on each branch's output before
+its gate (sandwich norm), (3) a SwiGLU MLP, (4) QK-norm as one LayerNorm over all heads together, (5) grouped key /
+value heads, (6) caption features entering the cross-attention at the text encoder's width, RMS-normalised there with
+no caption MLP, (7) modulations read from a ``min(D, 1024)``-wide conditioning, (8) time fed to the sin-cos features
+as ``t`` in [0, 1] (minidit: ``1000 t``), (9) a LayerNorm final layer after RMSNorm blocks; each would be a
+``DiTConfig`` switch that no lecture uses. What minidit teaches from Lumina does map, and tests/test_lumina_next.py
+proves it on every block of a random model: the same RoPE angles (Lumina interleaves the row and column channel
+pairs, minidit concatenates them), and the block's self-attention plus tanh-gated cross-attention on the shared
+rotated query, summed per head before one output projection (``minidit.gating``), equal to float32 rounding.
 """
 from __future__ import annotations
 
