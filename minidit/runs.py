@@ -2,7 +2,8 @@
 
 Every notebook reads ``MINIDIT_QUICK=1`` (set by ``make test`` and CI) to shrink steps and sizes so that it runs in
 about a minute on 2 CPU cores; without it, it runs the full experiment. Figures go to ``runs/<name>/`` at the
-repository root (or under ``MINIDIT_RUNS`` when set), as PNG files.
+repository root (or under ``MINIDIT_RUNS`` when set), as PNG files; a quick run's go to ``runs/<name>/quick/``, so
+a smoke run (``make test``) never overwrites or mixes with the figures and claims of a full run, even one in progress.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def repo_root() -> Path:
     return next((p for p in (here, *here.parents) if (p / "pyproject.toml").exists()), here)
 
 
-def run_dir(name: str) -> Path:
-    """Create and return the folder for results named ``name``: ``$MINIDIT_RUNS/name`` or ``<repo>/runs/name``.
+def run_dir(name: str, quick: bool | None = None) -> Path:
+    """Create and return the folder for results named ``name``: ``$MINIDIT_RUNS/name`` or ``<repo>/runs/name``, with
+    ``/quick`` appended for a quick run (``quick``; ``None`` reads ``quick_mode()``).
 
     The repository root is ``repo_root()``.
     """
@@ -30,5 +32,7 @@ def run_dir(name: str) -> Path:
     if base is None:
         base = repo_root() / "runs"
     path = Path(base) / name
+    if quick_mode() if quick is None else quick:
+        path = path / "quick"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -94,13 +94,20 @@ def test_report_logs_prints_the_reference_in_quick_mode_and_checks_the_claims(tm
     reference.mkdir(parents=True)
     (reference / "nb.json").write_text(json.dumps({"claims": [
         {"claim": "a < b", "verdict": "reproduced", "reason": "full-run reason", "values": {}}]}))
+    monkeypatch.delenv("MINIDIT_RUNS", raising=False)
+    full = Report("nb", quick=False)
+    full.judge("a < b", Measurement(1.0, 0.01), Measurement(1.2, 0.01))
+    full.finish()
+    capsys.readouterr()
     report = Report("nb", quick=True)
     report.judge("a < b", Measurement(1.0, 0.5), Measurement(1.2, 0.5))
     out = capsys.readouterr().out
     assert "smoke run (quick): inconclusive" in out and "reference full run: REPRODUCED (full-run reason)" in out
     report.finish()
-    written = json.loads((tmp_path / "runs" / "nb" / "claims.json").read_text())
+    written = json.loads((tmp_path / "runs" / "nb" / "quick" / "claims.json").read_text())
     assert written["mode"] == "quick" and [c["claim"] for c in written["claims"]] == ["a < b"]
+    kept = json.loads((tmp_path / "runs" / "nb" / "claims.json").read_text())  # the full run's, not overwritten
+    assert kept["mode"] == "full" and kept["claims"][0]["verdict"] == "reproduced"
     with pytest.raises(ValueError, match="twice"):
         report.judge("a < b", Measurement(1.0, 0.5), Measurement(1.2, 0.5))
     renamed = Report("nb", quick=True)

@@ -1,7 +1,8 @@
 """Claims, verdicts and reference results of the lecture notebooks.
 
 A lecture states a paper's claims and measures them at toy scale. ``Report`` is the notebook's log of them: every
-claim goes through ``minidit.verdict.judge``, is printed with its reason, and is written to ``runs/<name>/claims.json``.
+claim goes through ``minidit.verdict.judge``, is printed with its reason, and is written to ``runs/<name>/claims.json``
+(``runs/<name>/quick/`` in quick mode).
 A quick run (``MINIDIT_QUICK=1``) is a smoke run: tiny budgets cannot show most effects, so each verdict is printed
 as "smoke run" next to the committed **reference full run** of the same claim, read from
 ``notebooks/reference/<name>.json``. ``run_reference`` (``make reference``) executes lectures in full mode and writes
@@ -72,7 +73,8 @@ class Report:
         return verdict
 
     def finish(self) -> None:
-        """Print the table of verdicts, write ``runs/<name>/claims.json``, and check the claims match the reference's.
+        """Print the table of verdicts, write ``claims.json`` into ``run_dir(name)`` and check the claims match the
+        reference's.
 
         Raises:
             AssertionError: when a reference file exists and names other claims than this run (a claim was added,
@@ -83,7 +85,7 @@ class Report:
         for v in self.verdicts:
             reference = self.reference_claims.get(v.claim, {}).get("verdict", "-")
             print(f"{v.claim:<{width}} | {v.outcome:<14} | {reference}")
-        out = run_dir(self.name) / "claims.json"
+        out = run_dir(self.name, self.quick) / "claims.json"
         out.write_text(json.dumps({
             "notebook": self.name, "mode": "quick" if self.quick else "full",
             "seconds": round(time.perf_counter() - self.start, 1),
@@ -117,7 +119,7 @@ def run_reference(lectures: list[str], root: Path, timeout: int = 3600) -> list[
         stem = Path(lecture).stem
         notebook = nbformat.read(root / lecture, as_version=4)
         print(f"{lecture}: running in full mode ...", flush=True)
-        runs = run_dir(stem)
+        runs = run_dir(stem, quick=False)
         started = time.time()
         seconds = execute_notebook(notebook, (root / lecture).parent, quick=False, timeout=timeout)
         claims = json.loads((runs / "claims.json").read_text())
