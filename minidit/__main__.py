@@ -100,9 +100,9 @@ def load_ema_model(args: argparse.Namespace, n: int | None) -> tuple[Experiment,
     return experiment, model.to(device), device
 
 
-def load_stored_model(path: str, part: str, overrides: dict | None = None) -> tuple[Experiment, torch.nn.Module]:
-    """The stored experiment of checkpoint ``path`` (a file or a sharded folder) with ``overrides``, and its
-    ``part`` (``"model"`` or ``"ema"``) weights in a model built from it on the CPU.
+def stored_model(path: str, overrides: dict | None = None) -> tuple[Experiment, dict, torch.nn.Module]:
+    """The stored experiment of checkpoint ``path`` (a file or a sharded folder) with ``overrides``, the checkpoint's
+    state, and an untrained model built from the experiment on the CPU.
 
     Raises:
         CheckpointError: for a checkpoint without a stored config.
@@ -116,6 +116,13 @@ def load_stored_model(path: str, part: str, overrides: dict | None = None) -> tu
     experiment = parse_config(state["metadata"], f"{path} (stored config)", overrides or {})
     model = build_model(experiment.model, experiment.source, pretrained_text=False,  # weights: the checkpoint's
                         text_length=experiment.data.get("text_length"))
+    return experiment, state, model
+
+
+def load_stored_model(path: str, part: str, overrides: dict | None = None) -> tuple[Experiment, torch.nn.Module]:
+    """The stored experiment of checkpoint ``path`` (see ``stored_model``) and its ``part`` (``"model"`` or ``"ema"``)
+    weights in the model built from it on the CPU."""
+    experiment, state, model = stored_model(path, overrides)
     weights = (load_sharded_tensors(path, {part: model.state_dict()})[part] if Path(path).is_dir()
                else state[part])
     model.load_state_dict(weights)
@@ -128,11 +135,12 @@ def export_command(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"{out}: exists; choose another file name, or delete it first (export never overwrites)")
-    state = load_checkpoint(args.checkpoint)
-    _, model = load_stored_model(args.checkpoint, "model")
-    _, ema = load_stored_model(args.checkpoint, "ema")
-    save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "step": state["step"],
-                     "config": state["config"], "metadata": state["metadata"], "exported_from": str(args.checkpoint)}, out)
+    _, state, model = stored_model(args.checkpoint)
+    template = model.state_dict()
+    parts = load_sharded_tensors(args.checkpoint, {  # each part read into tensors of its own
+        part: {name: torch.empty_like(tensor) for name, tensor in template.items()} for part in ("model", "ema")})
+    save_checkpoint({**parts, "step": state["step"], "config": state["config"], "metadata": state["metadata"],
+                     "exported_from": str(args.checkpoint)}, out)
     print(f"step {state['step']}: model and EMA weights of {args.checkpoint} in {out}")
     return out
 
