@@ -41,7 +41,7 @@ from minidit.posembed import INTERPOLATION_MODES, POS_EMBEDS, LearnedPosEmbed, m
 from minidit.refiner import REFINERS, make_refiner, text_segments, zero_gates
 from minidit.rope import RotaryEmbedding
 from minidit.text.conditioning import CaptionEmbedder, check_text
-from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict
+from minidit.validation import check_choice, check_image_and_time, dataclass_from_dict, reads_values
 
 TEXT_CONDITIONINGS = ("none", "cross", "gated_cross")
 KV_COMPRESSION_KEYS = ("ratio", "mode", "blocks")
@@ -478,7 +478,7 @@ class DiT(nn.Module):
                     f"class-conditional model: y must be an integer (long) tensor of shape (N,) = ({x.shape[0]},) "
                     f"with labels in [0, {cfg.num_classes}]; {null}"
                 )
-            if not torch.compiler.is_compiling():
+            if reads_values(y):
                 outside = (y < 0) | (y > cfg.num_classes)
                 if bool(outside.any()):
                     raise ValueError(

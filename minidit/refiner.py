@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from minidit.attention import merge_heads
 from minidit.text.conditioning import masked_mean
 from minidit.text.encoder import TextBlock, attention_mask
+from minidit.validation import reads_values
 
 REFINERS = ("none", "token", "collaborative")
 
@@ -144,7 +145,7 @@ def split_segments(text: Tensor, mask: Tensor, segments: int) -> list[tuple[Tens
         raise ValueError(f"text of length {text.shape[1]} cannot hold {segments} equal segments (one per text "
                          "encoder); pad every encoder's features to the same length and concatenate them")
     parts = list(zip(text.chunk(segments, dim=1), mask.chunk(segments, dim=1)))
-    if not torch.compiler.is_compiling() and not all(bool(m.any(dim=1).all()) for _, m in parts):
+    if reads_values(mask) and not all(bool(m.any(dim=1).all()) for _, m in parts):
         raise ValueError("a caption has no real token in one encoder's segment; every segment needs at least one")
     return parts
 

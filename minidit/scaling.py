@@ -10,6 +10,7 @@ module measures the three quantities such a study needs:
   matrix product the pass runs), not assumed as ``6 N D`` (6 FLOPs per parameter per token), plus the attention
   products the counter misses on the CPU (SDPA's fused kernel is not in its registry): ``4 N H T_q T_k Dh`` per
   forward call and twice that backward.
+  ``forward_flops`` counts one forward pass the same way (DiT's "Gflops" are half of it: multiply-adds).
 - ``fit_power_law``: ``log L = a + b log C`` by least squares, with the standard error of the exponent from the
   residuals, ``se(b) = s / sqrt(sum (x_i - mean x)^2)``, ``s^2 = RSS / (n - 2)``; and ``fit_power_law_with_floor``,
   ``L = floor + c C^b`` (a loss that cannot fall below the data's own noise, as in Kaplan et al. 2020, arXiv
@@ -20,7 +21,7 @@ module measures the three quantities such a study needs:
   ``cluster_bootstrap_se``, its standard error by resampling whole models (the points of one model along its
   training are not independent of each other).
 
-Used by notebooks/11_scaling.ipynb.
+Used by notebooks/11_scaling.ipynb and exercise 17 (counting a DiT's FLOPs, fitting a power law).
 
 Example:
     >>> law = fit_power_law(torch.tensor([1e12, 1e13, 1e14]), torch.tensor([0.30, 0.20, 0.1333]))
@@ -72,8 +73,28 @@ def counted_training_flops(model: nn.Module, x: Tensor,
     with counter:
         model(x, t, **(model_kwargs or {})).square().mean().backward()
     model.zero_grad(set_to_none=True)
-    attention_counted = any("attention" in str(op) for op in counter.get_flop_counts()["Global"])
-    return counter.get_total_flops(), attention_counted
+    return counter.get_total_flops(), _counted_attention(counter, x.device)
+
+
+def _counted_attention(counter: FlopCounterMode, device: torch.device) -> bool:
+    """Whether ``counter`` counted the attention products: a CUDA attention kernel is in its registry; on the ``meta``
+    device SDPA runs as plain matrix products, which it counts; the CPU's fused kernel it never sees."""
+    return device.type == "meta" or any("attention" in str(op) for op in counter.get_flop_counts()["Global"])
+
+
+def forward_flops(model: nn.Module, x: Tensor, model_kwargs: dict[str, Any] | None = None) -> int:
+    """FLOPs of one forward pass of ``model`` on the batch ``x`` (N, ...) at ``t = 0.5``, without gradients, counted:
+    every matrix product (2 FLOPs per multiply-add), the attention products added by hand where the counter misses
+    them (``AttentionFlops``). Runs on the ``meta`` device too, so models too large to build can be counted.
+
+    DiT's Table 4 reports **multiply-adds** under the name Gflops: DiT-XL/2 at 256x256 "118.6 Gflops" is
+    ``forward_flops / 2`` for one sample (tests/test_scaling.py).
+    """
+    t = torch.full((x.shape[0],), 0.5, device=x.device, dtype=x.dtype)
+    counter, attention = FlopCounterMode(display=False), AttentionFlops()
+    with counter, attention, torch.no_grad():
+        model(x, t, **(model_kwargs or {}))
+    return counter.get_total_flops() + (0 if _counted_attention(counter, x.device) else attention.flops)
 
 
 def training_flops(model: nn.Module, x: Tensor, model_kwargs: dict[str, Any] | None = None) -> int:

@@ -32,8 +32,8 @@ def dataclass_from_dict(cls: type[T], values: dict[str, Any]) -> T:
 
 def check_image_and_time(x: Tensor, t: Tensor, in_channels: int, frames: bool = False) -> None:
     """Raise a ``ValueError`` naming the problem unless ``x`` is ``(N, in_channels, H, W)`` (with ``frames``:
-    ``(N, H, W, T, in_channels)``) and ``t`` a float ``(N,)`` with values in [0, 1] (the value check needs a device
-    sync, so it is skipped under ``torch.compile``)."""
+    ``(N, H, W, T, in_channels)``) and ``t`` a float ``(N,)`` with values in [0, 1] (the value check is skipped where
+    ``reads_values`` says so)."""
     if frames and (x.ndim != 5 or x.shape[-1] != in_channels):
         raise ValueError(f"a frames model takes x of shape (N, H, W, T, {in_channels}); got {tuple(x.shape)}. An image "
                          f"batch (N, {in_channels}, H, W) is x.permute(0, 2, 3, 1).unsqueeze(3)")
@@ -44,8 +44,15 @@ def check_image_and_time(x: Tensor, t: Tensor, in_channels: int, frames: bool = 
             f"t must be a float tensor of shape (N,) = ({x.shape[0]},) with values in [0, 1]; got "
             f"{t.dtype} of shape {tuple(t.shape)}. Use e.g. t = torch.full((x.shape[0],), 0.5)."
         )
-    if not torch.compiler.is_compiling():
+    if reads_values(t):
         check_time(t)
+
+
+def reads_values(tensor: Tensor) -> bool:
+    """Whether checks may read ``tensor``'s values: not under ``torch.compile`` (a device sync that breaks the graph)
+    and not on the ``meta`` device, whose tensors have shapes but no values (models too large to build, run there to
+    count their parameters and FLOPs). Shape checks always run."""
+    return not torch.compiler.is_compiling() and tensor.device.type != "meta"
 
 
 class InputError(ValueError):

@@ -412,6 +412,67 @@ def _eps_to_velocity_without_dividing_by_alpha(eps, x_t, t):
     return d_alpha * (x_t - sigma * eps) + d_sigma * eps
 
 
+def _dit_flops_leaving_out(part):
+    """The exact count of a DiT's forward FLOPs with one of its parts left out (or, ``"attention per head"``, the
+    attention products counted for one head's width instead of all heads')."""
+    def count(config, height, width):
+        p, d = config.patch_size, config.hidden_size
+        tokens, mlp = (height // p) * (width // p), int(config.mlp_ratio * d)
+        parts = {"patch": 2 * tokens * p * p * config.in_channels * d,
+                 "time": 2 * (config.frequency_embedding_size * d + d * d),
+                 "modulation": config.depth * 2 * d * 6 * d + 2 * d * 2 * d,
+                 "attention": config.depth * 4 * tokens * tokens * d,
+                 "linear": config.depth * (2 * tokens * d * 4 * d + 4 * tokens * d * mlp) + 2 * tokens * d * p * p * config.out_channels}
+        if part == "attention per head":
+            parts["attention"] //= config.num_heads
+        else:
+            parts.pop(part)
+        return sum(parts.values())
+    return count
+
+
+def _power_law_fitted_the_other_way(compute, loss):
+    """log C regressed on log L, and the line inverted: right only for points exactly on the law."""
+    x, y = compute.log(), loss.log()
+    yc = y - y.mean()
+    exponent = yc.square().sum() / (yc * (x - x.mean())).sum()
+    return (y.mean() - exponent * x.mean()).exp(), exponent
+
+
+def _power_law_through_the_end_points(compute, loss):
+    """The exponent from the log-log slope of the smallest- and largest-compute points only: no least squares."""
+    order = compute.argsort()
+    first, last = order[0], order[-1]
+    exponent = (loss[last] / loss[first]).log() / (compute[last] / compute[first]).log()
+    return loss[first] / compute[first] ** exponent, exponent
+
+
+def _power_law_mixing_log_bases(compute, loss):
+    """The line fitted in log10 axes (right), the coefficient read back with exp instead of 10 ** (wrong)."""
+    x, y = compute.log10(), loss.log10()
+    xc = x - x.mean()
+    exponent = (xc * (y - y.mean())).sum() / xc.square().sum()
+    return (y.mean() - exponent * x.mean()).exp(), exponent
+
+
+def _feature_statistics_divided_by_n(features):
+    """The biased covariance, divided by N instead of N - 1."""
+    centred = features - features.mean(dim=0)
+    return features.mean(dim=0), centred.T @ centred / features.shape[0]
+
+
+def _square_root(sigma):
+    """sigma^(1/2) of a symmetric positive semi-definite (D, D) matrix."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
+    return eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+
+
+def _frechet_distance_roots_multiplied(mu1, sigma1, mu2, sigma2):
+    """tr(sigma1^(1/2) sigma2^(1/2)) for tr((sigma1 sigma2)^(1/2)): right only when the covariances commute."""
+    trace_root = (_square_root(sigma1) @ _square_root(sigma2)).trace()
+    return (mu1 - mu2).pow(2).sum() + sigma1.trace() + sigma2.trace() - 2 * trace_root
+
+
 # One typical learner mistake per check; a new check must add its own (see test_every_check_has_a_typical_mistake).
 MISTAKES = {
     "interpolant": lambda name, t: tuple(c if i < 3 else -c  # d_sigma with the wrong sign
@@ -454,6 +515,10 @@ MISTAKES = {
     "ddpm_alpha_bar": _ddpm_alpha_bar_from_step_one,
     "ddpm_coefficients": _ddpm_coefficients_from_the_right,
     "eps_to_velocity": _eps_to_velocity_lambda_sign_flipped,
+    "dit_forward_flops": _dit_flops_leaving_out("modulation"),
+    "fit_power_law": _power_law_fitted_the_other_way,
+    "feature_statistics": _feature_statistics_divided_by_n,
+    "frechet_distance": _frechet_distance_roots_multiplied,
 }
 
 
@@ -535,6 +600,72 @@ def test_discrete_time_reference_matches_ddpm_by_hand():
     d_log_alpha_bar = 2 * torch.tensor([log_9, log_7, log_7], dtype=torch.float64)  # S log(1 - beta) of the piece
     torch.testing.assert_close(d_alpha, alpha * d_log_alpha_bar / 2)
     torch.testing.assert_close(d_sigma, -alpha * d_alpha / sigma)
+
+
+SCALING_MISTAKES = [  # the typical mistakes of exercise 17, each of which its check must catch
+    ("dit_forward_flops", _dit_flops_leaving_out("modulation"), "adaLN modulations left out (they run on one token)"),
+    ("dit_forward_flops", _dit_flops_leaving_out("time"), "time MLP left out"),
+    ("dit_forward_flops", _dit_flops_leaving_out("attention"), "attention products left out"),
+    ("dit_forward_flops", _dit_flops_leaving_out("attention per head"), "attention counted for one head"),
+    ("dit_forward_flops", lambda config, height, width: CHECKS["dit_forward_flops"].reference(config, height, width) / 2,
+     "multiply-adds, not FLOPs"),
+    ("fit_power_law", _power_law_fitted_the_other_way, "log C regressed on log L"),
+    ("fit_power_law", _power_law_through_the_end_points, "a line through the end points"),
+    ("fit_power_law", _power_law_mixing_log_bases, "log10 axes, coefficient read back with exp"),
+]
+
+
+@pytest.mark.parametrize("name, mistake, description", SCALING_MISTAKES, ids=[m[2] for m in SCALING_MISTAKES])
+def test_scaling_checks_catch_each_typical_mistake(name, mistake, description):
+    result = check(name, mistake)
+    assert result.status == "fail" and "hint:" in result.message
+
+
+def test_dit_forward_flops_reference_is_the_hand_count():
+    """One block of width 8, 2 heads, patch 2 on a 4x4 image (T = 4 tokens), MLP width 32, time features 16, 3 channels
+    in and out: 2 T (p p C) D = 768 (patch), 2 (16 D + D D) = 384 (time), 2 D 6 D = 768 (modulation), 2 T D 3 D = 1536
+    (q, k, v), 4 T T D = 512 (attention), 2 T D D = 512 (projection), 4 T D 32 = 4096 (MLP), 2 D 2 D = 256 and 2 T D 12
+    = 768 (final layer): 9600 FLOPs."""
+    from minidit.dit import DiTConfig
+
+    config = DiTConfig(input_size=4, patch_size=2, in_channels=3, hidden_size=8, depth=1, num_heads=2,
+                       frequency_embedding_size=16)
+    assert CHECKS["dit_forward_flops"].reference(config, 4, 4).item() == 9600
+
+
+REAL_IMAGES_MISTAKES = [  # the typical mistakes of exercise 18, each of which its check must catch
+    ("feature_statistics", _feature_statistics_divided_by_n, "biased covariance, / N"),
+    ("feature_statistics", lambda f: CHECKS["feature_statistics"].reference(f.T), "features transposed: (N,) and (N, N)"),
+    ("feature_statistics", lambda f: (f.mean(0), f.T @ f / (f.shape[0] - 1)), "not centred"),
+    ("frechet_distance", _frechet_distance_roots_multiplied, "tr(S1^(1/2) S2^(1/2))"),
+    ("frechet_distance", lambda mu1, s1, mu2, s2: CHECKS["frechet_distance"].reference(mu1, s1, mu2, s2)
+     + torch.linalg.eigvalsh(_square_root(s1) @ s2 @ _square_root(s1)).clamp(min=0).sqrt().sum(), "no factor 2"),
+    ("frechet_distance", lambda mu1, s1, mu2, s2: CHECKS["frechet_distance"].reference(mu1, s1, mu2, s2)
+     - (mu1 - mu2).pow(2).sum() + (mu1 - mu2).norm(), "|mu1 - mu2| not squared"),
+    ("frechet_distance", lambda mu1, s1, mu2, s2: CHECKS["frechet_distance"].reference(mu1, s1, mu2, s2).clamp(min=0).sqrt(),
+     "the square root of d^2"),
+]
+
+
+@pytest.mark.parametrize("name, mistake, description", REAL_IMAGES_MISTAKES, ids=[m[2] for m in REAL_IMAGES_MISTAKES])
+def test_real_images_checks_catch_each_typical_mistake(name, mistake, description):
+    result = check(name, mistake)
+    assert result.status == "fail" and "hint:" in result.message
+
+
+def test_real_images_references_match_fid_by_hand():
+    """Statistics of three 2-D points: mean (1, 1), centred (-1, -1), (1, -1), (0, 2), so the covariance is
+    diag(2, 6) / 2. Diagonal Gaussians: d^2 = |(1, 2)|^2 + (1 - 3)^2 + (2 - 1)^2 = 10. Against N(0, I) the root's
+    trace is tr(sigma2^(1/2)), here with eigenvalues 3 and 1 of [[2, 1], [1, 2]]: d^2 = 2 + 4 - 2 (sqrt 3 + 1)."""
+    mu, sigma = CHECKS["feature_statistics"].reference(torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 3.0]]))
+    torch.testing.assert_close(mu, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(sigma, torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64)))
+    distance = CHECKS["frechet_distance"].reference
+    zero, eye = torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    diagonal = distance(zero, torch.diag(torch.tensor([1.0, 4.0])), torch.tensor([1.0, 2.0]), torch.diag(torch.tensor([9.0, 1.0])))
+    assert math.isclose(diagonal.item(), 10.0, abs_tol=1e-12)
+    full = distance(zero, eye, zero, torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
+    assert math.isclose(full.item(), 4 - 2 * math.sqrt(3), abs_tol=1e-12)
 
 
 def test_frames_reference_matches_the_documented_layout_by_hand():

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minidit.dit import DiT
 from minidit.mmdit import MMDiT
-from minidit.scaling import (cluster_bootstrap_se, fit_power_law, fit_power_law_with_floor, ranks, spearman,
-                             training_flops)
+from minidit.scaling import (cluster_bootstrap_se, fit_power_law, fit_power_law_with_floor, forward_flops, ranks,
+                             spearman, training_flops)
 
 
 class TwoLayers(nn.Module):
@@ -52,6 +53,24 @@ def test_training_flops_add_three_times_the_attention_products():
     projection = 4 * (n * tokens) * width * 3 * width  # weight gradient only (x needs no gradient)
     attention = 4 * n * heads * tokens * tokens * head_dim  # Q K^T and A V of the forward
     assert flops == projection + 3 * attention
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # the CPU's fused SDPA is added by hand; on meta it is counted
+def test_forward_flops_are_the_hand_count_with_the_attention_once(device):
+    n, tokens, heads, head_dim = 2, 6, 2, 4
+    width = heads * head_dim
+    with torch.device(device):
+        model, x = OneAttention(heads, head_dim), torch.randn(n, tokens, width)
+    projection = 2 * (n * tokens) * width * 3 * width
+    assert forward_flops(model, x) == projection + 4 * n * heads * tokens * tokens * head_dim
+
+
+def test_dit_xl2_forward_flops_are_twice_the_papers_gflops():
+    # DiT Table 4: DiT-XL/2 at 256x256 (32x32x4 latents) "118.6 Gflops", which are multiply-adds; built on meta
+    with torch.device("meta"):
+        model = DiT.from_preset("DiT-XL/2", input_size=32, in_channels=4, out_channels=8, num_classes=1000)
+        x, y = torch.zeros(1, 4, 32, 32), torch.zeros(1, dtype=torch.long)
+    assert round(forward_flops(model, x, {"y": y}) / 2e9, 1) == 118.6
 
 
 def test_training_flops_of_an_mmdit_grow_linearly_with_the_batch_and_leave_no_gradients():

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from minidit.validation import reads_values
 
 
 def masked_mean(features: Tensor, mask: Tensor) -> Tensor:
@@ -38,7 +39,7 @@ def masked_mean(features: Tensor, mask: Tensor) -> Tensor:
         raise ValueError(f"mask must have shape (N, L) = {tuple(features.shape[:2])}; got {tuple(mask.shape)}")
     weights = mask.to(features.dtype).unsqueeze(-1)  # (N, L, 1)
     counts = weights.sum(dim=1)  # (N, 1)
-    if not torch.compiler.is_compiling() and bool((counts == 0).any()):
+    if reads_values(counts) and bool((counts == 0).any()):
         raise ValueError("a caption has no real token (its mask row is all False); every caption needs at least one")
     return (features * weights).sum(dim=1) / counts  # (N, D)
 
@@ -135,7 +136,7 @@ def check_text(text: Tensor | None, text_mask: Tensor | None, batch: int, text_d
     if text_mask.shape != text.shape[:2] or text_mask.dtype != torch.bool:
         raise ValueError(f"text_mask must be bool of shape (N, L) = {tuple(text.shape[:2])} (True = real token); "
                          f"got {text_mask.dtype} of shape {tuple(text_mask.shape)}")
-    if not torch.compiler.is_compiling() and not bool(text_mask.any(dim=1).all()):
+    if reads_values(text_mask) and not bool(text_mask.any(dim=1).all()):
         raise ValueError("a caption has no real token (its text_mask row is all False); every caption needs at least one")
     if segments > 1:
         from minidit.refiner import split_segments  # lazy: the refiner imports this module
@@ -208,7 +209,7 @@ class TextToImage(nn.Module):
         The batch is cut to its longest caption first (padding never changes an output, and short captions in a
         long padded row would otherwise cost the encoder and the cross-attention their full length).
         """
-        if not torch.compiler.is_compiling():
+        if reads_values(text_mask):
             length = int(text_mask.any(dim=0).nonzero().max()) + 1  # up to the last real token of any caption
             text_ids, text_mask = text_ids[:, :length], text_mask[:, :length]
         with nullcontext() if self.train_encoder else torch.no_grad():

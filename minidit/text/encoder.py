@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from minidit.attention import SelfAttention
 from minidit.text.conditioning import masked_mean
 from minidit.text.tokenizer import Tokenizer
+from minidit.validation import reads_values
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class TextEncoder(FeatureEncoder):
         if ids.shape[1] > self.config.max_length:
             raise ValueError(f"ids have length {ids.shape[1]} but the encoder has {self.config.max_length} positions; "
                              f"encode with max_length <= {self.config.max_length}")
-        if not torch.compiler.is_compiling() and not bool(mask[:, 0].all()):
+        if reads_values(mask) and not bool(mask[:, 0].all()):
             raise ValueError("every row's first token must be real (right padding, [BOS] first, as Tokenizer.encode gives)")
         keep = mask.unsqueeze(-1).to(self.position_embedding.dtype)  # (N, L, 1)
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (N, L, D)
