@@ -35,7 +35,7 @@ bench: setup
 	$(BIN)/python bench/refiner.py
 	$(BIN)/python bench/frames.py
 
-# Full runs of every lecture (about 40 minutes on 2 CPU cores): claims, verdicts, run times and figures into
+# Full runs of every lecture (about 6 hours on 2 CPU cores, the sum of book.toml's full_run_time): claims, verdicts, run times and figures into
 # notebooks/reference/, which the quick runs and the book show next to their own numbers. NOTEBOOKS=... for some.
 reference: setup
 	MINIDIT_QUICK=0 $(BIN)/python -m minidit.course reference $(NOTEBOOKS)
