@@ -32,7 +32,8 @@ def run_dir(name: str, quick: bool | None = None) -> Path:
     if base is None:
         base = repo_root() / "runs"
     path = Path(base) / name
-    if quick_mode() if quick is None else quick:
+    quick = quick_mode() if quick is None else quick
+    if quick:
         path = path / "quick"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -76,9 +76,9 @@ def attention_block(layer: Any) -> DiTBlock:
     if not torch.equal(attn1.to_q.weight, attn2.to_q.weight):
         raise ValueError("attn1.to_q and attn2.to_q differ: Lumina's cross-attention reuses the self-attention's "
                          "query (one wq in the published weights), and so does minidit's")
-    config = DiTConfig(input_size=2, patch_size=1, in_channels=1, hidden_size=dim, depth=1, num_heads=heads,
-                       norm="rmsnorm", rope=True, pos_embed="none", qkv_bias=False, text_conditioning="gated_cross",
-                       text_dim=dim)
+    config = DiTConfig(input_size=2, patch_size=1, in_channels=1,  # image fields unused: only a block is built
+                       hidden_size=dim, depth=1, num_heads=heads, norm="rmsnorm", rope=True, pos_embed="none",
+                       qkv_bias=False, text_conditioning="gated_cross", text_dim=dim)
     block = DiTBlock(config, RotaryEmbedding(head_dim)).eval()
     pairs = lumina_pair_order(head_dim).argsort()  # minidit pair i is Lumina pair pairs[i]
     rows = (2 * pairs[:, None] + torch.arange(2)).flatten()  # (Dh,): a head's channels in minidit's order
